@@ -1,0 +1,10 @@
+import os
+
+import torch
+
+# Triton kernels are checked on the CPU through Triton's interpreter; the variable must be set before the
+# first `@triton.jit` runs, i.e. before anything imports the kernel modules.
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+
+import zoo  # noqa: E402,F401  (registers the zoo models before test collection parametrizes over them)
