@@ -1,1 +1,2 @@
 """Importing this package registers every zoo architecture with timm."""
+from . import inceptionnext  # noqa: F401
