@@ -1,0 +1,392 @@
+"""Inference and training throughput of zoo and timm models: `python -m zoo.bench --model NAME [--model NAME ...]`.
+
+Flags and output keys follow timm's `benchmark.py`: each model gets `infer_samples_per_sec`, `infer_step_time` (ms),
+`infer_batch_size`, `infer_img_size`, `infer_gmacs` (per sample, from `torch.utils.flop_counter`), the same `train_*`
+keys and `param_count` (millions). One JSON object per model goes to stdout, logs to stderr.
+
+Timing as in timm: warm-up steps, then timed steps measured with `time.perf_counter()` (with a CUDA sync after each
+step on a GPU); `samples_per_sec` = samples / wall time of the timed loop, `step_time` = mean milliseconds per step.
+A train step is zero_grad, forward, cross-entropy on random targets, backward, SGD step.
+
+Sequence models (registered from `zoo.models.seqnet`) take token ids when they expose `vocab_size` (cfg input_size
+`(L,)`, or `(2, L)` for retrieval) and images otherwise; they also report `*_tokens_per_sec`.
+"""
+import argparse
+import ast
+import contextlib
+import csv
+import difflib
+import json
+import logging
+import math
+import sys
+import time
+from typing import Dict, List, Optional
+
+import timm
+import torch
+import torch.nn as nn
+from timm.data import resolve_data_config
+from timm.optim import create_optimizer_v2
+from timm.utils import reparameterize_model
+from torch.utils.flop_counter import FlopCounterMode
+
+import zoo  # noqa: F401  (registers the zoo models with timm)
+
+_logger = logging.getLogger('zoo.bench')
+
+# precision -> (autocast dtype, dtype of model and inputs); 'float16'/'bfloat16' cast the model like timm does.
+PRECISIONS = {
+    'float32': (None, torch.float32),
+    'amp': (torch.float16, torch.float32),
+    'amp_bfloat16': (torch.bfloat16, torch.float32),
+    'float16': (None, torch.float16),
+    'bfloat16': (None, torch.bfloat16),
+}
+SEQUENCE_MODULE = 'seqnet'  # timm registry bucket of the zoo's sequence models (zoo/models/seqnet.py)
+# Column order of the results file: timm's published order first, then the rest.
+RESULT_KEYS = (
+    'model', 'infer_img_size', 'infer_samples_per_sec', 'infer_step_time', 'infer_batch_size', 'param_count',
+    'infer_gmacs', 'infer_tokens_per_sec', 'train_img_size', 'train_samples_per_sec', 'train_step_time',
+    'train_batch_size', 'train_tokens_per_sec', 'error',
+)
+
+
+class _ModelKwargs(argparse.Action):
+    """`--model-kwargs k=v [k=v ...]`, values parsed as Python literals when they are (else kept as strings)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        kwargs = getattr(namespace, self.dest) or {}
+        for item in values:
+            key, sep, value = item.partition('=')
+            if not sep or not key:
+                parser.error(f"{option_string} expects key=value pairs, got {item!r}")
+            try:
+                kwargs[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                kwargs[key] = value
+        setattr(namespace, self.dest, kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='python -m zoo.bench', description=__doc__.split('\n')[0])
+    parser.add_argument('--model', '-m', action='append', default=[], metavar='NAME',
+                        help='timm / zoo model name or wildcard; repeat for several models')
+    parser.add_argument('--bench', default='both', choices=('inference', 'train', 'both'))
+    parser.add_argument('--batch-size', '-b', type=int, default=256, metavar='N')
+    parser.add_argument('--img-size', type=int, default=None, metavar='N', help='square input size (model default)')
+    parser.add_argument('--seq-len', type=int, default=None, metavar='L',
+                        help='sequence length for token models (model default); also passed as the `seq_len` '
+                             'model kwarg when the model accepts one')
+    parser.add_argument('--use-train-size', action='store_true', help="use cfg input_size, not test_input_size")
+    parser.add_argument('--num-classes', type=int, default=None, help='classifier size (model default)')
+    parser.add_argument('--precision', default='float32', choices=tuple(PRECISIONS))
+    parser.add_argument('--channels-last', action='store_true', help='channels_last memory format for 4-D inputs')
+    parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND',
+                        help='torch.compile the model (default backend inductor)')
+    parser.add_argument('--torchcompile-mode', default=None, help='torch.compile mode')
+    parser.add_argument('--reparam', action='store_true', help='timm.utils.reparameterize_model before timing')
+    parser.add_argument('--grad-checkpointing', action='store_true', help='model.set_grad_checkpointing()')
+    parser.add_argument('--model-kwargs', nargs='*', default={}, action=_ModelKwargs, metavar='KEY=VALUE',
+                        help='extra keyword arguments for timm.create_model')
+    parser.add_argument('--kernel-backend', default=None, choices=('auto', 'torch', 'triton'),
+                        help='passed as the kernel_backend model kwarg (error for models without one)')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--num-warm-iter', type=int, default=10, metavar='N')
+    parser.add_argument('--num-bench-iter', type=int, default=40, metavar='N')
+    parser.add_argument('--no-retry', action='store_true', help='do not halve the batch size after CUDA OOM')
+    parser.add_argument('--results-file', default='', metavar='FILE', help='also write all results to FILE')
+    parser.add_argument('--results-format', default='csv', choices=('csv', 'json'))
+    parser.add_argument('--plot', default='', metavar='FILE.png', help='scatter of throughput vs parameters')
+    return parser
+
+
+def resolve_model_names(patterns: List[str]) -> List[str]:
+    """Exact names are kept as given (unknown ones fail later with a clear message); wildcards expand via timm."""
+    names = []
+    for pattern in patterns:
+        if any(c in pattern for c in '*?[') and not timm.is_model(pattern):
+            matched = timm.list_models(pattern)
+            if not matched:
+                raise SystemExit(f"zoo.bench: no model matches {pattern!r}")
+            names.extend(matched)
+        else:
+            names.append(pattern)
+    return names
+
+
+def create_bench_model(name: str, args) -> nn.Module:
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ''
+        raise ValueError(f"unknown model {name!r}: not registered with timm or the zoo{hint}")
+    kwargs = dict(args.model_kwargs)
+    if args.num_classes is not None:
+        kwargs['num_classes'] = args.num_classes
+    if args.seq_len is not None and _is_sequence_model(name):
+        kwargs.setdefault('seq_len', args.seq_len)
+    if args.kernel_backend is not None:
+        kwargs['kernel_backend'] = args.kernel_backend
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as e:
+        if 'kernel_backend' in str(e):
+            raise ValueError(f"{name} has no kernel_backend argument; --kernel-backend only applies to zoo models "
+                             f"built on the `kernels` package") from None
+        if 'seq_len' in str(e) and 'seq_len' not in args.model_kwargs:
+            kwargs.pop('seq_len')  # the model takes any length; --seq-len only changes the input
+            return timm.create_model(name, **kwargs)
+        raise
+
+
+def _is_sequence_model(name: str) -> bool:
+    return name in timm.list_models(module=SEQUENCE_MODULE)
+
+
+class BenchInput:
+    """The input a model takes: random images (B, C, H, W) or random token ids (B, L) / (B, 2, L)."""
+
+    def __init__(self, model: nn.Module, name: str, args):
+        self.vocab_size = getattr(model, 'vocab_size', None)
+        self.is_sequence = _is_sequence_model(name) or bool(self.vocab_size)
+        if self.vocab_size:
+            input_size = tuple(model.pretrained_cfg['input_size'])  # (L,) or (2, L)
+            if args.seq_len is not None:
+                input_size = input_size[:-1] + (args.seq_len,)
+        else:
+            if args.seq_len is not None and args.img_size is None:
+                raise ValueError(f"{name} takes images; set its size with --img-size, not --seq-len")
+            overrides = {} if args.img_size is None else {'img_size': args.img_size}
+            input_size = resolve_data_config(overrides, model=model, use_test_size=not args.use_train_size)[
+                'input_size']
+        self.input_size = tuple(input_size)
+        # tokens one sample carries: L (x2 for retrieval pairs), or H*W pixels for an image-task sequence model
+        self.tokens_per_sample = math.prod(self.input_size if self.vocab_size else self.input_size[1:])
+
+    def make(self, batch_size: int, device, dtype, channels_last: bool) -> torch.Tensor:
+        shape = (batch_size,) + self.input_size
+        if self.vocab_size:
+            return torch.randint(self.vocab_size, shape, device=device)
+        x = torch.randn(shape, device=device, dtype=dtype)
+        return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
+
+
+class Timer:
+    """perf_counter timestamps, synchronizing the GPU first when asked so a step's kernels are inside its time."""
+
+    def __init__(self, device: torch.device):
+        self.sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+
+    def __call__(self, sync: bool = False) -> float:
+        if sync:
+            self.sync()
+        return time.perf_counter()
+
+
+def count_gmacs(model: nn.Module, example: torch.Tensor, autocast) -> Optional[float]:
+    """GMACs of one sample's forward (FLOPs / 2). Ops without a FLOP formula (custom kernels, FFT) count as 0."""
+    try:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), autocast(), counter:
+            model(example[:1])
+        return round(counter.get_total_flops() / 2 / 1e9, 2)
+    except Exception as e:  # counting must never cost the throughput numbers
+        _logger.warning(f"FLOP count failed ({e}); infer_gmacs omitted")
+        return None
+
+
+def _timed_loop(step, timer: Timer, num_warm: int, num_bench: int):
+    for _ in range(num_warm):
+        step()
+    total_step = 0.
+    t_start = timer(sync=True)
+    for _ in range(num_bench):
+        total_step += step()
+    elapsed = timer(sync=True) - t_start
+    return elapsed, total_step
+
+
+def bench_inference(model, make_input, batch_size, timer, autocast, args) -> Dict:
+    model.eval()
+    x = make_input(batch_size)
+
+    def step():
+        t0 = timer()
+        with autocast():
+            model(x)
+        return timer(sync=True) - t0
+
+    with torch.inference_mode():
+        elapsed, total_step = _timed_loop(step, timer, args.num_warm_iter, args.num_bench_iter)
+    return dict(
+        samples_per_sec=round(batch_size * args.num_bench_iter / elapsed, 2),
+        step_time=round(1000 * total_step / args.num_bench_iter, 3),
+        batch_size=batch_size,
+    )
+
+
+def bench_train(model, make_input, batch_size, timer, autocast, args) -> Dict:
+    model.train()
+    x = make_input(batch_size)
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = create_optimizer_v2(model, opt='sgd', lr=1e-4)
+
+    def step():
+        optimizer.zero_grad()
+        t0 = timer()
+        with autocast():
+            output = model(x)
+            if isinstance(output, tuple):
+                output = output[0]
+            target = torch.randint(output.shape[-1], output.shape[:1], device=output.device)
+            loss = loss_fn(output, target)
+        loss.backward()
+        optimizer.step()
+        return timer(sync=True) - t0
+
+    elapsed, total_step = _timed_loop(step, timer, args.num_warm_iter, args.num_bench_iter)
+    return dict(
+        samples_per_sec=round(batch_size * args.num_bench_iter / elapsed, 2),
+        step_time=round(1000 * total_step / args.num_bench_iter, 3),
+        batch_size=batch_size,
+    )
+
+
+def _with_oom_retry(run, batch_size: int, retry: bool, name: str) -> Dict:
+    """Run at `batch_size`, halving it after a CUDA out-of-memory error (like timm's benchmark) unless told not to."""
+    while True:
+        try:
+            return run(batch_size)
+        except torch.cuda.OutOfMemoryError:
+            if not retry or batch_size == 1:
+                raise
+            torch.cuda.empty_cache()
+            batch_size = max(1, batch_size // 2)
+            _logger.warning(f"{name}: CUDA out of memory, retrying with batch size {batch_size}")
+
+
+def benchmark_model(name: str, args) -> Dict:
+    """One model's results dict; raises on any failure (the caller turns it into an `error` entry)."""
+    device = torch.device(args.device)
+    autocast_dtype, model_dtype = PRECISIONS[args.precision]
+    if autocast_dtype is None:
+        autocast = contextlib.nullcontext
+    else:
+        autocast = lambda: torch.autocast(device.type, dtype=autocast_dtype)  # noqa: E731
+
+    model = create_bench_model(name, args)
+    bench_input = BenchInput(model, name, args)
+    if args.reparam:
+        model = reparameterize_model(model)
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    param_count = sum(p.numel() for p in model.parameters())
+    model.to(device=device, dtype=model_dtype)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    def make_input(batch_size):
+        return bench_input.make(batch_size, device, model_dtype, args.channels_last)
+
+    model.eval()
+    gmacs = count_gmacs(model, make_input(1), autocast) if args.bench in ('inference', 'both') else None
+    run_model = model
+    if args.torchcompile:
+        run_model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
+
+    timer = Timer(device)
+    results = {'model': name}
+    phases = dict(inference=(('infer', bench_inference),), train=(('train', bench_train),))
+    phases['both'] = phases['inference'] + phases['train']
+    for prefix, bench_fn in phases[args.bench]:
+        _logger.info(f"{name}: {prefix} benchmark, input {bench_input.input_size}, batch {args.batch_size}, "
+                     f"{args.precision} on {device}")
+        run = lambda b: bench_fn(run_model, make_input, b, timer, autocast, args)  # noqa: E731
+        phase = _with_oom_retry(run, args.batch_size, not args.no_retry, name)
+        results[f'{prefix}_samples_per_sec'] = phase['samples_per_sec']
+        results[f'{prefix}_step_time'] = phase['step_time']
+        results[f'{prefix}_batch_size'] = phase['batch_size']
+        results[f'{prefix}_img_size'] = bench_input.input_size[-1]
+        if prefix == 'infer' and gmacs is not None:
+            results['infer_gmacs'] = gmacs
+        if bench_input.is_sequence:
+            results[f'{prefix}_tokens_per_sec'] = round(phase['samples_per_sec'] * bench_input.tokens_per_sample, 1)
+    results['param_count'] = round(param_count / 1e6, 2)
+    return results
+
+
+def run_benchmarks(names: List[str], args) -> List[Dict]:
+    """Benchmark each model in turn; a failing model records `error` and the others still run (like timm)."""
+    all_results = []
+    for name in names:
+        try:
+            result = benchmark_model(name, args)
+        except Exception as e:
+            if len(names) == 1:
+                raise SystemExit(f"zoo.bench: {name}: {e}") from e
+            _logger.error(f"{name}: {e}")
+            result = {'model': name, 'error': f"{type(e).__name__}: {e}"}
+        print(json.dumps(result), flush=True)
+        all_results.append(result)
+    return all_results
+
+
+def write_results(path: str, results: List[Dict], fmt: str):
+    if fmt == 'json':
+        with open(path, 'w') as f:
+            json.dump(results, f, indent=2)
+        return
+    seen = {k for r in results for k in r}
+    columns = [k for k in RESULT_KEYS if k in seen] + sorted(seen - set(RESULT_KEYS))
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(results)
+
+
+def plot_results(path: str, results: List[Dict], title: str = ''):
+    """Throughput against parameter count, one panel per benchmarked phase, points labelled by model."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in results if 'error' not in r]
+    phases = [(p, label) for p, label in (('infer', 'inference'), ('train', 'train'))
+              if any(f'{p}_samples_per_sec' in r for r in ok)]
+    if not phases:
+        raise ValueError("nothing to plot: no model was benchmarked successfully")
+    fig, axes = plt.subplots(1, len(phases), figsize=(6 * len(phases), 4.5), squeeze=False)
+    for ax, (prefix, label) in zip(axes[0], phases):
+        for r in ok:
+            x, y = r['param_count'], r[f'{prefix}_samples_per_sec']
+            ax.scatter(x, y)
+            ax.annotate(r['model'], (x, y), textcoords='offset points', xytext=(4, 4), fontsize=8)
+        batch = ok[0].get(f'{prefix}_batch_size')
+        ax.set_xlabel('parameters (M)')
+        ax.set_ylabel('samples / s')
+        ax.set_title(f"{label}, batch {batch}")
+        ax.grid(True, alpha=0.3)
+        ax.margins(0.2)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Optional[List[str]] = None) -> List[Dict]:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s', stream=sys.stderr)
+    if not args.model:
+        raise SystemExit("zoo.bench: give at least one --model NAME")
+    results = run_benchmarks(resolve_model_names(args.model), args)
+    if args.results_file:
+        write_results(args.results_file, results, args.results_format)
+    if args.plot:
+        plot_results(args.plot, results, title=f"{args.precision} on {args.device}")
+    return results
+
+
+if __name__ == '__main__':
+    results = main()
+    sys.exit(1 if any('error' in r for r in results) else 0)
