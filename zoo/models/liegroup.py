@@ -1,0 +1,732 @@
+"""Affine-equivariant Lie-group CNNs: R^2 x SL(2,R) and R^2 x GL+(2,R) group convolutions.
+
+"Lie Group Decompositions for Equivariant Neural Networks", Mironenco and Forre, ICLR 2024 (arXiv:2310.11366).
+Original code: https://github.com/mirceamironenco/rgenn (MIT).
+
+Every group element is split by the polar decomposition g = P R (P symmetric positive definite, R a rotation) and
+given the global coordinates (log P, angle of R). Convolution kernels are continuous functions (SIREN MLPs) of the
+kernel-grid position and of these coordinates, evaluated at Monte-Carlo samples of the group, so the images are
+never warped: the lifting layer re-evaluates its kernel on the grid transformed by each sample, the group layers
+on (g_out^-1 x, coords(g_out^-1 g_in)) for every pair of output and input samples.
+
+Differences from the released code (same architecture and kernel maths otherwise, see tests/test_liegroup.py):
+* evaluation is reproducible: eval mode uses fixed samples drawn from `eval_seed` (the release draws new ones at
+  every call), and the generated kernels are cached until the weights or the samples change;
+* each sample buffer is its own tensor (the release's two buffers share storage on the CPU, so its group convs
+  see g_out^-1 in place of g_in);
+* the final group conv is given the samples its input actually lives on (the lifting samples);
+* the GL+(2) volume factor 1/|det g_in| is applied per input sample (the release broadcasts it over the output
+  samples);
+* on the CPU the large group convolutions run as im2col + one GEMM per image chunk, which MKL runs faster than
+  oneDNN's direct convolution for these 400-channel 5x5 layers.
+
+The timm feature map is the group-pooled map (max over the samples), so `forward_features` is a (B, C, H, W)
+image-like map that transforms by the spatial action; the head's global max pool over it is the paper's invariant
+max projection over samples and space.
+"""
+import math
+from functools import partial
+from typing import List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+__all__ = ['GroupSampler', 'LiftingConv2d', 'GroupConv2d', 'LieGroupResNet', 'polar_coordinates']
+
+GROUP_DIMS = {'sl2': 3, 'gl2': 4}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Group maths: rotations, symmetric matrix functions, polar coordinates, samplers
+# ---------------------------------------------------------------------------------------------------------------
+
+def rotation_matrix(theta: torch.Tensor) -> torch.Tensor:
+    """(...,) angles -> (..., 2, 2) rotations."""
+    c, s = torch.cos(theta), torch.sin(theta)
+    return torch.stack((torch.stack((c, -s), -1), torch.stack((s, c), -1)), -2)
+
+
+def _sym_eig(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    # eigh in at least float32 (it is unstable in half precision); float64 stays float64 for the tests.
+    return torch.linalg.eigh(x.to(torch.promote_types(x.dtype, torch.float32)))
+
+
+def polar_coordinates(h: torch.Tensor, group: str) -> torch.Tensor:
+    """Global coordinates of h = P R in the Lie algebra: log P (symmetric) plus the angle of R.
+
+    (..., 2, 2) -> (..., 3) for 'sl2': (sqrt2 logP_01, angle, sqrt2 logP_00);
+                   (..., 4) for 'gl2': (logP_00, sqrt2 logP_01, logP_11, angle).
+    The angle lies in [0, 2 pi), as in the release; |sin| < 1e-6 is snapped to zero so that the identity maps to 0
+    rather than to 2 pi under rounding noise.
+    """
+    e, v = _sym_eig(h @ h.mT)
+    half_log = 0.5 * torch.log(e)
+    log_p = (v * half_log.unsqueeze(-2)) @ v.mT
+    rot = ((v * torch.exp(-half_log).unsqueeze(-2)) @ v.mT) @ h.to(v.dtype)
+    sin, cos = rot[..., 1, 0], rot[..., 0, 0]
+    sin = torch.where(sin.abs() < 1e-6, torch.zeros_like(sin), sin)
+    angle = torch.remainder(torch.atan2(sin, cos), 2 * math.pi)
+    sqrt2 = math.sqrt(2.0)
+    if group == 'sl2':
+        coords = (sqrt2 * log_p[..., 0, 1], angle, sqrt2 * log_p[..., 0, 0])
+    else:
+        coords = (log_p[..., 0, 0], sqrt2 * log_p[..., 0, 1], log_p[..., 1, 1], angle)
+    return torch.stack(coords, -1).to(h.dtype)
+
+
+class GroupSampler:
+    """Monte-Carlo samples g = exp(X / 2) R of SL(2,R) or GL+(2,R), returned with their inverses.
+
+    Args:
+        group: 'sl2' (X traceless) or 'gl2'.
+        rotation: 'equidistant' (angles -pi r + 2 pi r k / N, k < N: no angle counted twice), 'uniform'
+            (angles uniform in [-pi r, pi r]) or 'haar' (Haar-uniform on SO(2), by QR of a Gaussian matrix).
+        rotation_range: r above, in (0, 1]; ignored by 'haar'.
+        spd_spread: variance of the Gaussian coordinates of X in the symmetric (traceless for SL(2)) basis, i.e. a
+            log-normal positive-definite factor (the release's `--spd_bounds`, 0.1). 0 gives rotations only.
+    """
+
+    def __init__(self, group: str = 'sl2', rotation: str = 'equidistant', rotation_range: float = 1.0,
+                 spd_spread: float = 0.1):
+        if group not in GROUP_DIMS:
+            raise ValueError(f"group must be one of {sorted(GROUP_DIMS)}, got {group!r}")
+        if rotation not in ('equidistant', 'uniform', 'haar'):
+            raise ValueError(f"rotation sampler must be 'equidistant', 'uniform' or 'haar', got {rotation!r}")
+        if not 0.0 < rotation_range <= 1.0:
+            raise ValueError(f"rotation_range must be in (0, 1], got {rotation_range}")
+        if spd_spread < 0.0:
+            raise ValueError(f"spd_spread is a variance and must be >= 0, got {spd_spread}")
+        self.group, self.rotation, self.rotation_range, self.spd_spread = group, rotation, rotation_range, spd_spread
+
+    def rotations(self, n: int, generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        r = self.rotation_range * math.pi
+        if self.rotation == 'haar':
+            q, upper = torch.linalg.qr(torch.randn(n, 2, 2, generator=generator, dtype=torch.float64))
+            q = q * upper.diagonal(dim1=-2, dim2=-1).sign().unsqueeze(-2)
+            q[..., 0] *= torch.det(q).sign().unsqueeze(-1)  # flip reflections into SO(2)
+            return q, q.mT
+        if self.rotation == 'equidistant':
+            theta = -r + 2 * r * torch.arange(n, dtype=torch.float64) / n
+        else:
+            theta = r * (2 * torch.rand(n, generator=generator, dtype=torch.float64) - 1)
+        return rotation_matrix(theta), rotation_matrix(-theta)
+
+    def spd_halves(self, n: int, generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """exp(X / 2) and exp(-X / 2) for n log-normal draws of X."""
+        dim = 2 if self.group == 'sl2' else 3
+        z = math.sqrt(self.spd_spread) * torch.randn(n, dim, generator=generator, dtype=torch.float64)
+        s = 1 / math.sqrt(2.0)
+        if self.group == 'sl2':
+            a, b = z.unbind(-1)
+            x = torch.stack((torch.stack((s * a, s * b), -1), torch.stack((s * b, -s * a), -1)), -2)
+        else:
+            a, b, c = z.unbind(-1)
+            x = torch.stack((torch.stack((a, s * b), -1), torch.stack((s * b, c), -1)), -2)
+        e, v = torch.linalg.eigh(x)
+        half = (v * torch.exp(0.5 * e).unsqueeze(-2)) @ v.mT
+        half_inv = (v * torch.exp(-0.5 * e).unsqueeze(-2)) @ v.mT
+        return half, half_inv
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(g, g^-1), each (n, 2, 2) float64 on the CPU; g^-1 = R^-1 exp(-X / 2) is exact, no matrix inverse."""
+        rot, rot_inv = self.rotations(n, generator)
+        if self.spd_spread == 0.0:
+            return rot, rot_inv
+        half, half_inv = self.spd_halves(n, generator)
+        return half @ rot, rot_inv @ half_inv
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------------------------
+
+class KernelNet(nn.Module):
+    """SIREN from kernel coordinates to the (C_out * C_in) kernel values at that point.
+
+    in_features -> hidden (sin(first_omega * .)) -> hidden (sin(omega * .)) x num_hidden -> C_out * C_in.
+    Initialisation as in SIREN / the release: first layer U(+-1/in), later U(+-sqrt(6/in)/omega) with zero bias,
+    output layer U(+-sqrt(6/hidden)/sqrt(fan_in)) with zero bias, fan_in = C_in * k^2.
+    """
+
+    def __init__(self, in_features: int, out_features: int, fan_in: int, hidden: int = 60, num_hidden: int = 2,
+                 first_omega: float = 10.0, omega: float = 10.0):
+        super().__init__()
+        if first_omega <= 0 or omega <= 0:
+            raise ValueError(f"SIREN frequencies must be positive, got {first_omega}, {omega}")
+        dims = [in_features] + [hidden] * (num_hidden + 1)
+        self.layers = nn.ModuleList(nn.Linear(d_in, d_out) for d_in, d_out in zip(dims[:-1], dims[1:]))
+        self.omegas = [first_omega] + [omega] * num_hidden
+        self.fc = nn.Linear(hidden, out_features)
+        with torch.no_grad():
+            for i, layer in enumerate(self.layers):
+                bound = 1 / layer.in_features if i == 0 else math.sqrt(6 / layer.in_features) / self.omegas[i]
+                layer.weight.uniform_(-bound, bound)
+                if i > 0:
+                    layer.bias.zero_()
+            bound = math.sqrt(6 / hidden) / math.sqrt(fan_in)
+            self.fc.weight.uniform_(-bound, bound)
+            self.fc.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer, omega in zip(self.layers, self.omegas):
+            x = torch.sin(omega * layer(x))
+        return self.fc(x)
+
+
+class _Im2colConv2d(torch.autograd.Function):
+    """Stride-1 conv2d as unfold + GEMM over chunks of images, recomputing the unfold in backward.
+
+    On this project's CPUs MKL's GEMM runs the 400-channel 5x5 group convolutions about 2x faster than oneDNN's
+    direct convolution; the chunking bounds the unfolded buffer to ~64 MB whatever the batch size.
+    """
+
+    @staticmethod
+    def _chunk(x: torch.Tensor, weight: torch.Tensor, out_pixels: int) -> int:
+        return max(1, (1 << 24) // (weight[0].numel() * out_pixels))
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+        B, _, H, W = x.shape
+        O, _, k, _ = weight.shape
+        Ho, Wo = H + 2 * padding - k + 1, W + 2 * padding - k + 1
+        w2 = weight.reshape(O, -1)
+        out = x.new_empty(B, O, Ho * Wo)
+        step = _Im2colConv2d._chunk(x, weight, Ho * Wo)
+        for s in range(0, B, step):
+            cols = F.unfold(x[s:s + step], k, padding=padding)  # (b, C k k, Ho Wo)
+            torch.matmul(w2, cols, out=out[s:s + step])
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        return out.view(B, O, Ho, Wo)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        p = ctx.padding
+        B, _, H, W = x.shape
+        O, _, k, _ = weight.shape
+        w2 = weight.reshape(O, -1)
+        go = grad_out.reshape(B, O, -1)
+        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(w2) if ctx.needs_input_grad[1] else None
+        step = _Im2colConv2d._chunk(x, weight, go.shape[-1])
+        for s in range(0, B, step):
+            g = go[s:s + step]
+            if grad_w is not None:
+                cols = F.unfold(x[s:s + step], k, padding=p)
+                for gi, ci in zip(g, cols):
+                    grad_w.addmm_(gi, ci.mT)
+            if grad_x is not None:
+                grad_x[s:s + step] = F.fold(w2.mT @ g, (H, W), k, padding=p)
+        return grad_x, None if grad_w is None else grad_w.view_as(weight), None
+
+
+def group_conv2d(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+    """Stride-1 conv2d: im2col + GEMM on the CPU in float32/64, F.conv2d elsewhere (cuDNN, half precision)."""
+    if x.device.type == 'cpu' and x.dtype in (torch.float32, torch.float64) and weight.shape[1] * x.shape[1] > 1:
+        return _Im2colConv2d.apply(x, weight, padding)
+    return F.conv2d(x, weight, padding=padding)
+
+
+def kernel_grid(kernel_size: int) -> torch.Tensor:
+    """(k*k, 2) points (x, y) of a k x k kernel in [-1, 1]^2, pixel centres (align_corners=False), row-major."""
+    c = (2 * torch.arange(kernel_size, dtype=torch.float64) + 1) / kernel_size - 1
+    y, x = torch.meshgrid(c, c, indexing='ij')
+    return torch.stack((x, y), -1).reshape(-1, 2).float()
+
+
+class _SampledConv(nn.Module):
+    """Shared parts of the lifting and group convolutions: kernel grid, mask, kernel cache."""
+
+    def __init__(self, in_chans: int, out_chans: int, kernel_size: int, padding: int, group: str,
+                 coord_features: int, kernel_mlp: Optional[dict] = None):
+        super().__init__()
+        if group not in GROUP_DIMS:
+            raise ValueError(f"group must be one of {sorted(GROUP_DIMS)}, got {group!r}")
+        self.in_chans, self.out_chans, self.kernel_size, self.padding = in_chans, out_chans, kernel_size, padding
+        self.group = group
+        # SL(2) preserves areas, so a hard unit-disc mask stays equivariant; GL+(2) uses a smooth mask and a volume
+        # factor, as in the release.
+        self.volume_preserving = group == 'sl2'
+        self.kernel_net = KernelNet(coord_features, out_chans * in_chans, in_chans * kernel_size ** 2,
+                                    **(kernel_mlp or {}))
+        self.register_buffer('grid', kernel_grid(kernel_size), persistent=False)
+        self._cache = None
+
+    def mask(self, points: torch.Tensor) -> torch.Tensor:
+        """Mask over the last axis of `points` (..., D): hard |x| <= 1 on the spatial part for SL(2),
+        sigmoid(2 (1 - |p|)) on the full coordinate vector for GL+(2) (as the release does)."""
+        if self.volume_preserving:
+            return (points[..., :2].norm(dim=-1) <= 1.0).to(points.dtype)
+        return torch.sigmoid(2.0 * (1.0 - points.norm(dim=-1)))
+
+    def cached_weight(self, *samples: torch.Tensor) -> torch.Tensor:
+        """The dense conv weight for these samples, reused while neither the weights nor the samples change.
+
+        Only in eval mode without autograd (a cached tensor cannot carry a graph); the key holds the storage
+        pointers and in-place version counters of every parameter and sample, so optimizer steps,
+        load_state_dict, .to() and a resample all invalidate it.
+        """
+        if self.training or torch.is_grad_enabled():
+            return self.weight(*samples)
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in (*self.parameters(), *samples))
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.weight(*samples))
+        return self._cache[1]
+
+    def weight(self, *samples: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class LiftingConv2d(_SampledConv):
+    """R^2 -> R^2 x G lifting convolution: one kernel per output sample g, K_g(x) = k(g^-1 x) (|det g^-1|).
+
+    (B, C_in, H, W) -> (B, C_out, N, H', W'), where N is the number of samples g^-1 passed to `forward`.
+    """
+
+    def __init__(self, in_chans: int, out_chans: int, kernel_size: int = 5, padding: int = 0, group: str = 'sl2',
+                 kernel_mlp: Optional[dict] = None):
+        super().__init__(in_chans, out_chans, kernel_size, padding, group, 2, kernel_mlp)
+
+    def weight(self, g_out_inv: torch.Tensor) -> torch.Tensor:
+        n, k = g_out_inv.shape[0], self.kernel_size
+        points = torch.einsum('nij,pj->npi', g_out_inv, self.grid.to(g_out_inv.dtype))  # (N, k*k, 2)
+        w = self.kernel_net(points) * self.mask(points).unsqueeze(-1)  # (N, k*k, C_out * C_in)
+        if not self.volume_preserving:
+            w = w * torch.det(g_out_inv).abs().view(n, 1, 1)
+        w = w.view(n, k, k, self.out_chans, self.in_chans).permute(3, 0, 4, 1, 2)
+        return w.reshape(self.out_chans * n, self.in_chans, k, k)
+
+    def forward(self, x: torch.Tensor, g_out_inv: torch.Tensor) -> torch.Tensor:
+        w = self.cached_weight(g_out_inv).to(x.dtype)
+        y = group_conv2d(x, w, self.padding)
+        return y.view(y.shape[0], self.out_chans, g_out_inv.shape[0], *y.shape[-2:])
+
+
+class GroupConv2d(_SampledConv):
+    """R^2 x G -> R^2 x G group convolution, Monte-Carlo over the input samples.
+
+    The kernel for output sample g_out and input sample g_in is k(g_out^-1 x, coords(g_out^-1 g_in)) (divided by
+    |det g_in| for GL+(2)); all pairs form one dense conv over the packed (channel, sample) axis.
+    (B, C_in, N_in, H, W) -> (B, C_out, N_out, H', W').
+    """
+
+    def __init__(self, in_chans: int, out_chans: int, kernel_size: int = 5, padding: int = 2, group: str = 'sl2',
+                 kernel_mlp: Optional[dict] = None):
+        super().__init__(in_chans, out_chans, kernel_size, padding, group, 2 + GROUP_DIMS[group], kernel_mlp)
+
+    def weight(self, g_in: torch.Tensor, g_out_inv: torch.Tensor) -> torch.Tensor:
+        n_out, n_in, k = g_out_inv.shape[0], g_in.shape[0], self.kernel_size
+        rel = polar_coordinates(g_out_inv.unsqueeze(1) @ g_in.unsqueeze(0), self.group)  # (N_out, N_in, d)
+        points = torch.einsum('nij,pj->npi', g_out_inv, self.grid.to(g_out_inv.dtype))  # (N_out, k*k, 2)
+        coords = torch.cat((
+            points.unsqueeze(1).expand(-1, n_in, -1, -1),
+            rel.unsqueeze(2).expand(-1, -1, k * k, -1),
+        ), -1)  # (N_out, N_in, k*k, 2 + d)
+        w = self.kernel_net(coords) * self.mask(coords).unsqueeze(-1)  # (N_out, N_in, k*k, C_out * C_in)
+        if not self.volume_preserving:
+            w = w / torch.det(g_in).abs().view(1, n_in, 1, 1)
+        w = w.view(n_out, n_in, k, k, self.out_chans, self.in_chans).permute(4, 0, 5, 1, 2, 3)
+        return w.reshape(self.out_chans * n_out, self.in_chans * n_in, k, k)
+
+    def forward(self, x: torch.Tensor, g_in: torch.Tensor, g_out_inv: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or x.shape[1] != self.in_chans or x.shape[2] != g_in.shape[0]:
+            raise ValueError(f"GroupConv2d expects (B, {self.in_chans}, {g_in.shape[0]}, H, W) input "
+                             f"(channels, input samples), got {tuple(x.shape)}")
+        w = self.cached_weight(g_in, g_out_inv).to(x.dtype)
+        y = group_conv2d(x.flatten(1, 2), w, self.padding)
+        return y.view(y.shape[0], self.out_chans, g_out_inv.shape[0], *y.shape[-2:])
+
+
+class PlainConv2d(nn.Conv2d):
+    """Ordinary learned conv on a single-sample group axis: the layer of the plain CNN baseline."""
+
+    def forward(self, x: torch.Tensor, *samples: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.flatten(1, 2) if x.dim() == 5 else x).unsqueeze(2)
+
+
+def layer_norm_3d(x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm over (channels, samples, H, W), no affine parameters (the release's LayerNorm3d)."""
+    return F.layer_norm(x, x.shape[1:])
+
+
+def group_max_pool2d(x: torch.Tensor) -> torch.Tensor:
+    """2x2 spatial max pool of a (B, C, N, H, W) map."""
+    y = F.max_pool2d(x.flatten(1, 2), 2)
+    return y.view(*x.shape[:3], *y.shape[-2:])
+
+
+class LiftingStem(nn.Module):
+    """Lifting conv (no padding: the release found padding hurts on affNIST) -> LayerNorm3d -> GELU."""
+
+    def __init__(self, conv: nn.Module):
+        super().__init__()
+        self.conv = conv
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor, g_out_inv: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.act(layer_norm_3d(self.conv(x, g_out_inv)))
+
+
+class ResidualStage(nn.Module):
+    """[group conv -> LN3d -> GELU] x 2 plus identity, GELU, then LN3d -> 2x2 max pool -> GELU.
+
+    Input and output live on the same samples (the identity shortcut needs it).
+    """
+
+    def __init__(self, conv1: nn.Module, conv2: nn.Module):
+        super().__init__()
+        self.conv1, self.conv2 = conv1, conv2
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor, g_in: Optional[torch.Tensor], g_out_inv: Optional[torch.Tensor]):
+        y = self.act(layer_norm_3d(self.conv1(x, g_in, g_out_inv)))
+        y = self.act(layer_norm_3d(self.conv2(y, g_in, g_out_inv)))
+        x = self.act(x + y)
+        return self.act(group_max_pool2d(layer_norm_3d(x)))
+
+
+class ConvStage(nn.Module):
+    """Group conv (no padding) -> LN3d -> GELU, from the lifting samples to fresh output samples."""
+
+    def __init__(self, conv: nn.Module):
+        super().__init__()
+        self.conv = conv
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor, g_in: Optional[torch.Tensor], g_out_inv: Optional[torch.Tensor]):
+        return self.act(layer_norm_3d(self.conv(x, g_in, g_out_inv)))
+
+
+class MlpHead(nn.Module):
+    """Global pool -> Linear (no bias) -> LayerNorm -> GELU -> Dropout -> Linear, as the release's classifier.
+
+    With `global_pool=''` the map is returned unpooled and the MLP is skipped (timm's no-pooling contract).
+    """
+
+    def __init__(self, in_features: int, hidden_size: int, num_classes: int, global_pool: str = 'max',
+                 drop_rate: float = 0.3):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_size, bias=False)
+        self.norm = nn.LayerNorm(hidden_size)
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(drop_rate)
+        self.reset(num_classes, global_pool)
+
+    def reset(self, num_classes: int, global_pool: Optional[str] = None):
+        if global_pool is not None:
+            if global_pool not in ('max', 'avg', ''):
+                raise ValueError(f"global_pool must be 'max', 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.fc1.out_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if not self.global_pool:
+            return x
+        x = x.amax(dim=(-2, -1)) if self.global_pool == 'max' else x.mean(dim=(-2, -1))
+        x = self.drop(self.act(self.norm(self.fc1(x))))
+        return x if pre_logits else self.fc(x)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------------------------
+
+class LieGroupResNet(nn.Module):
+    """The paper's residual group CNN (GResNet) for SL(2,R) / GL+(2,R), or its plain-CNN counterpart.
+
+    stem: lifting conv k x k, no padding -> LN3d -> GELU                        (B, C, N, H-k+1, W-k+1)
+    stages.0 .. depth-1: residual stage (2 group convs, padding k//2) + 2x2 max pool
+    stages.depth: group conv k x k, no padding, to fresh samples -> LN3d -> GELU
+    features: max over samples (B, C, H', W'); head: global max pool -> MLP (256) -> classes.
+
+    Args:
+        group: 'sl2', 'gl2', or 'none' for the plain CNN baseline (ordinary learned kernels, one sample).
+        num_samples: group samples N per sampled layer (the paper: 10). Compute grows as N^2.
+        width: channels of every layer (the paper: 40); depth: residual stages (the paper: 1).
+        rotation_sampler, rotation_range, spd_spread: see `GroupSampler`.
+        eval_seed: seed of the fixed evaluation samples. eval_resample: draw new samples at every eval call, as the
+            release does (non-deterministic predictions).
+        kernel_mlp: SIREN options (hidden, num_hidden, first_omega, omega); the paper: 60 wide, 3 sine layers, 10.
+    """
+
+    def __init__(
+            self,
+            group: str = 'sl2',
+            num_samples: int = 10,
+            width: int = 40,
+            depth: int = 1,
+            kernel_size: int = 5,
+            in_chans: int = 1,
+            num_classes: int = 10,
+            global_pool: str = 'max',
+            head_hidden_size: int = 256,
+            drop_rate: float = 0.3,
+            rotation_sampler: str = 'equidistant',
+            rotation_range: float = 1.0,
+            spd_spread: float = 0.1,
+            eval_seed: int = 0,
+            eval_resample: bool = False,
+            kernel_mlp: Optional[dict] = None,
+    ):
+        super().__init__()
+        if group not in ('sl2', 'gl2', 'none'):
+            raise ValueError(f"group must be 'sl2', 'gl2' or 'none' (plain CNN), got {group!r}")
+        if num_samples < 1 or width < 1 or depth < 1:
+            raise ValueError(f"num_samples, width and depth must be >= 1, got {num_samples}, {width}, {depth}")
+        self.group = group
+        self.num_samples = 1 if group == 'none' else num_samples
+        self.in_chans = in_chans
+        self.kernel_size = kernel_size
+        self.num_classes = num_classes
+        self.num_features = width
+        self.head_hidden_size = head_hidden_size
+        self.eval_seed = eval_seed
+        self.eval_resample = eval_resample
+        self.depth = depth
+        self.grad_checkpointing = False
+
+        if group == 'none':
+            self.sampler = None
+            lift = partial(PlainConv2d, bias=False)
+            conv = partial(PlainConv2d, bias=False)
+        else:
+            self.sampler = GroupSampler(group, rotation_sampler, rotation_range, spd_spread)
+            lift = partial(LiftingConv2d, group=group, kernel_mlp=kernel_mlp)
+            conv = partial(GroupConv2d, group=group, kernel_mlp=kernel_mlp)
+        k = kernel_size
+        self.stem = LiftingStem(lift(in_chans, width, k, padding=0))
+        stages = [ResidualStage(conv(width, width, k, padding=k // 2), conv(width, width, k, padding=k // 2))
+                  for _ in range(depth)]
+        stages.append(ConvStage(conv(width, width, k, padding=0)))
+        self.stages = nn.Sequential(*stages)
+        self.head = MlpHead(width, head_hidden_size, num_classes, global_pool, drop_rate)
+
+        self.feature_info = [dict(num_chs=width, reduction=1, module='stem')]
+        self.feature_info += [dict(num_chs=width, reduction=2 ** (i + 1), module=f'stages.{i}') for i in range(depth)]
+        self.feature_info.append(dict(num_chs=width, reduction=2 ** depth, module=f'stages.{depth}'))
+
+        # Fixed evaluation samples (g, g^-1) for the lifting layer and the final conv: (2, 2, N, 2, 2).
+        # Not persistent: they are a function of (eval_seed, sampler, N), so checkpoints stay sampler-agnostic.
+        self.register_buffer('eval_samples', torch.zeros(2, 2, self.num_samples, 2, 2), persistent=False)
+        if self.sampler is not None:
+            self.resample_eval(eval_seed)
+
+    @torch.no_grad()
+    def resample_eval(self, seed: Optional[int] = None):
+        """Redraw the fixed evaluation samples from `seed` (default: `eval_seed`); invalidates kernel caches."""
+        gen = torch.Generator().manual_seed(self.eval_seed if seed is None else seed)
+        pairs = [torch.stack(self.sampler.sample(self.num_samples, gen)) for _ in range(2)]
+        self.eval_samples.copy_(torch.stack(pairs))
+
+    def set_samples(self, stem: Tuple[torch.Tensor, torch.Tensor], final: Tuple[torch.Tensor, torch.Tensor]):
+        """Use these (g, g^-1) pairs, each (N, 2, 2), as the evaluation samples (e.g. a grid of quarter turns)."""
+        with torch.no_grad():
+            self.eval_samples.copy_(torch.stack([torch.stack(stem), torch.stack(final)]))
+
+    def samples(self, ref: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        """(g_stem, g_stem^-1, g_final, g_final^-1): fresh in training (global RNG), fixed in eval."""
+        if self.sampler is None:
+            return None, None, None, None
+        if self.training or self.eval_resample:
+            pairs = [self.sampler.sample(self.num_samples) for _ in range(2)]
+            s = torch.stack([torch.stack(p) for p in pairs]).to(ref.device, ref.dtype)
+        else:
+            s = self.eval_samples
+            if s.dtype != ref.dtype:
+                s = s.to(ref.dtype)
+        return s[0, 0], s[0, 1], s[1, 0], s[1, 1]
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        return dict(stem=r'^stem', blocks=r'^stages\.(\d+)')
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return set()
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool)
+
+    def _check_input(self, x: torch.Tensor):
+        k = self.kernel_size
+        min_size = 2 ** self.depth * k + k  # enough pixels for the stem, the pools and the last conv
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected (B, {self.in_chans}, H, W) images, got {tuple(x.shape)}")
+        if min(x.shape[-2:]) < min_size:
+            raise ValueError(f"images must be at least {min_size}x{min_size} for kernel {k} and "
+                             f"{self.depth} pooling stage(s), got {tuple(x.shape[-2:])}")
+
+    def _run_stage(self, stage: nn.Module, *args):
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(stage, *args, use_reentrant=False)
+        return stage(*args)
+
+    def _forward_group(self, x: torch.Tensor, stop: Optional[int] = None, collect: Optional[List[int]] = None):
+        """Run stem and stages; returns the (B, C, N, H, W) map after stage `stop` and the requested pooled maps."""
+        self._check_input(x)
+        g, g_inv, g_final, g_final_inv = self.samples(x)
+        pooled = []
+        x = self._run_stage(self.stem, x, g_inv)
+        if collect is not None and 0 in collect:
+            pooled.append(x.amax(2))
+        last = len(self.stages) if stop is None else stop
+        for i, stage in enumerate(self.stages[:last]):
+            out_inv = g_final_inv if isinstance(stage, ConvStage) else g_inv
+            x = self._run_stage(stage, x, g, out_inv)
+            if collect is not None and i + 1 in collect:
+                pooled.append(x.amax(2))
+        return x, pooled
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x, _ = self._forward_group(x)
+        return x.amax(2)  # group pooling: (B, C, N, H, W) -> (B, C, H, W)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Group-pooled maps after the stem (index 0) and each stage (1 .. depth + 1)."""
+        if output_fmt != 'NCHW':
+            raise ValueError(f"only output_fmt='NCHW' is supported, got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
+        stop = max_index if (stop_early or intermediates_only) else None
+        x, intermediates = self._forward_group(x, stop=stop, collect=take_indices)
+        if intermediates_only:
+            return intermediates
+        return x.amax(2), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True):
+        take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
+        self.stages = self.stages[:max_index]
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+
+def checkpoint_filter_fn(state_dict: dict, model: LieGroupResNet) -> dict:
+    """Map a released rgenn GResNet state dict (optionally under `model.` of its SamplingWrapper) to ours.
+
+    Drops the release's sample buffers, grids, group constants and the fixed SIREN frequencies.
+    """
+    if 'stem.conv.kernel_net.fc.weight' in state_dict:
+        return state_dict
+    depth = len(model.stages) - 1
+    out = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix('model.')
+        if any(s in key for s in ('g_tilde', 'g_inv', '.grid', 'group.', 'act_layer.a')) or key.startswith('group'):
+            continue
+        key = key.replace('inr.kernel_net.net.', 'kernel_net.layers.').replace('.linear.', '.')
+        key = key.replace('inr.final_linear.', 'kernel_net.fc.')
+        key = key.replace('stem.0.', 'stem.conv.')
+        if key.startswith('blocks.'):
+            index, rest = key[len('blocks.'):].split('.', 1)
+            index = int(index)
+            # Release: per stage [block, LN3d, pool, GELU] at 4 * i, then the final conv at 4 * depth.
+            stage = index // 4 if index < 4 * depth else depth
+            key = f'stages.{stage}.{rest}' if stage < depth else f'stages.{depth}.conv.{rest}'
+        key = key.replace('fc.0.', 'head.fc1.').replace('fc.1.', 'head.norm.').replace('fc.4.', 'head.fc.')
+        out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------------------------------
+
+def _cfg(**kwargs):
+    return {
+        'url': '', 'num_classes': 10, 'input_size': (1, 40, 40), 'pool_size': (14, 14),
+        'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': (0.5,), 'std': (0.5,),
+        'first_conv': 'stem.conv', 'classifier': 'head.fc',
+        'license': 'mit',
+        'origin_url': 'https://github.com/mirceamironenco/rgenn',
+        'paper_name': 'Lie Group Decompositions for Equivariant Neural Networks',
+        'paper_ids': 'arXiv:2310.11366',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'liegroup_sl2': _cfg(description='R^2 x SL(2,R) GResNet, paper configuration (width 40, 10 samples)'),
+    'liegroup_gl2': _cfg(description='R^2 x GL+(2,R) GResNet, paper configuration (width 40, 10 samples)'),
+    'liegroup_sl2_small': _cfg(description='R^2 x SL(2,R) GResNet, CPU configuration (width 16, 4 samples)'),
+    'liegroup_gl2_small': _cfg(description='R^2 x GL+(2,R) GResNet, CPU configuration (width 16, 4 samples)'),
+    'liegroup_cnn': _cfg(description='plain CNN with the GResNet layout, parameter count of liegroup_sl2'),
+    'liegroup_cnn_small': _cfg(description='plain CNN with the GResNet layout, parameter count of the small ones'),
+})
+
+
+def _create_liegroup(variant: str, pretrained: bool = False, **kwargs) -> LieGroupResNet:
+    depth = kwargs.get('depth', 1)
+    return build_model_with_cfg(
+        LieGroupResNet, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=tuple(range(depth + 2)), feature_cls='getter'),
+        **kwargs,
+    )
+
+
+@register_model
+def liegroup_sl2(pretrained=False, **kwargs) -> LieGroupResNet:
+    model_args = dict(group='sl2', num_samples=10, width=40)
+    return _create_liegroup('liegroup_sl2', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def liegroup_gl2(pretrained=False, **kwargs) -> LieGroupResNet:
+    model_args = dict(group='gl2', num_samples=10, width=40)
+    return _create_liegroup('liegroup_gl2', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def liegroup_sl2_small(pretrained=False, **kwargs) -> LieGroupResNet:
+    model_args = dict(group='sl2', num_samples=4, width=16)
+    return _create_liegroup('liegroup_sl2_small', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def liegroup_gl2_small(pretrained=False, **kwargs) -> LieGroupResNet:
+    model_args = dict(group='gl2', num_samples=4, width=16)
+    return _create_liegroup('liegroup_gl2_small', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def liegroup_cnn(pretrained=False, **kwargs) -> LieGroupResNet:
+    model_args = dict(group='none', width=64)
+    return _create_liegroup('liegroup_cnn', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def liegroup_cnn_small(pretrained=False, **kwargs) -> LieGroupResNet:
+    model_args = dict(group='none', width=32)
+    return _create_liegroup('liegroup_cnn_small', pretrained=pretrained, **dict(model_args, **kwargs))
