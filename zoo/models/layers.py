@@ -1,0 +1,67 @@
+"""Building blocks shared by more than one zoo family."""
+import torch
+import torch.nn as nn
+
+import kernels
+
+__all__ = ['LongConvLayer']
+
+
+class LongConvLayer(nn.Module):
+    """Block contract shared by the long-convolution sequence layers (S4D, SGConv).
+
+    y = output_linear(dropout(GELU(k * u + D u))), where k is a kernel as long as the sequence, produced by the
+    subclass. `channels` C maps every feature to C convolved copies (the output linear mixes all C * H of them);
+    a bidirectional layer gets 2 * C kernels, the second half applied to the reversed sequence.
+
+    Subclasses set `self.D` ((H,) or (C, H)) and implement `compute_kernel(L)` returning (dirs * C, H, L).
+    Input and output are (B, H, L) if `transposed`, else (B, L, H).
+    """
+
+    def __init__(
+            self,
+            d_model: int,
+            channels: int = 1,
+            bidirectional: bool = False,
+            dropout: float = 0.0,
+            tie_dropout: bool = True,
+            glu: bool = True,
+            transposed: bool = True,
+            kernel_backend: str = 'auto',
+    ):
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
+        self.d_model = d_model
+        self.channels = channels
+        self.bidirectional = bidirectional
+        self.transposed = transposed
+        self.kernel_backend = kernel_backend
+        self.activation = nn.GELU()
+        # Tied dropout drops whole features for the full sequence (as s4's DropoutNd / nn.Dropout1d).
+        dropout_cls = nn.Dropout1d if tie_dropout else nn.Dropout
+        self.dropout = dropout_cls(dropout) if dropout > 0.0 else nn.Identity()
+        # Position-wise output projection as a 1x1 conv on (B, C*H, L); GLU halves 2H back to H.
+        d_out = 2 * d_model if glu else d_model
+        projection = nn.Conv1d(d_model * channels, d_out, kernel_size=1)
+        self.output_linear = nn.Sequential(projection, nn.GLU(dim=1)) if glu else projection
+
+    def compute_kernel(self, L: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        if not self.transposed:
+            u = u.transpose(-1, -2)
+        if u.dim() != 3 or u.shape[1] != self.d_model:
+            layout = '(B, H, L)' if self.transposed else '(B, L, H)'
+            raise ValueError(f"{type(self).__name__} expects {layout} input with H={self.d_model}, "
+                             f"got shape {tuple(u.shape) if self.transposed else tuple(u.transpose(-1, -2).shape)}")
+        H, L = self.d_model, u.shape[-1]
+        k = self.compute_kernel(L)  # (dirs * C, H, L)
+        if self.channels > 1:
+            # Every channel convolves its own copy of the input: fold C into the feature axis, (c h) order.
+            u = u.repeat(1, self.channels, 1)
+        k = k.reshape(2, self.channels * H, L) if self.bidirectional else k.reshape(self.channels * H, L)
+        y = kernels.longconv(u, k, self.D.reshape(-1), bidirectional=self.bidirectional, backend=self.kernel_backend)
+        y = self.output_linear(self.dropout(self.activation(y)))
+        return y if self.transposed else y.transpose(-1, -2)
