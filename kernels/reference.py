@@ -6,12 +6,13 @@ import torch
 import torch.nn.functional as F
 
 
-def same_padding(kernel_size: tuple[int, int], dilation: int = 1) -> tuple[int, int]:
-    """Padding that keeps the spatial size of a stride-1 convolution with an odd kernel."""
+def same_padding(kernel_size: tuple[int, int], dilation=1) -> tuple[int, int]:
+    """Padding that keeps the spatial size of a stride-1 convolution with an odd kernel; dilation int or (dh, dw)."""
     kh, kw = kernel_size
+    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
     if kh % 2 == 0 or kw % 2 == 0:
         raise ValueError(f"'same' padding needs odd kernel sizes, got {kh}x{kw}")
-    return (kh - 1) * dilation // 2, (kw - 1) * dilation // 2
+    return (kh - 1) * dh // 2, (kw - 1) * dw // 2
 
 
 def dwconv2d_ref(x, weight, bias=None, padding=None, dilation=1):
@@ -43,7 +44,8 @@ def longconv_ref(u, k, D=None, bidirectional=False):
     """Convolution with a kernel as long as the sequence, computed by FFT.
 
     u: (B, H, L); k: (H, L) causal kernel, or (2, H, L) when bidirectional (forward kernel, backward kernel:
-    the backward kernel applies to the reversed sequence); D: (H,) skip term or None. Returns (B, H, L) in u's dtype.
+    the backward kernel applies to the reversed sequence); D: (H,) skip term or None. Returns (B, H, L) in u's dtype,
+    computed in fp32 (fp64 for fp64 inputs).
     """
     L = u.shape[-1]
     if bidirectional:
@@ -52,9 +54,10 @@ def longconv_ref(u, k, D=None, bidirectional=False):
         # Non-causal kernel of length 2L: k_fwd at lags 0..L-1, k_bwd mirrored onto lags -L..-1 (wrapped to the end).
         k = F.pad(k[0], (0, L)) + F.pad(k[1].flip(-1), (L, 0))
     n = 2 * L
-    k_f = torch.fft.rfft(k.float(), n=n)
-    u_f = torch.fft.rfft(u.float(), n=n)
+    dtype = torch.promote_types(u.dtype, torch.float32)  # fp32 FFTs for fp32 and below, fp64 stays fp64
+    k_f = torch.fft.rfft(k.to(dtype), n=n)
+    u_f = torch.fft.rfft(u.to(dtype), n=n)
     y = torch.fft.irfft(u_f * k_f, n=n)[..., :L]
     if D is not None:
-        y = y + u.float() * D.float().unsqueeze(-1)
+        y = y + u.to(dtype) * D.to(dtype).unsqueeze(-1)
     return y.to(u.dtype)

@@ -1,0 +1,279 @@
+"""Triton depthwise conv2d (stride 1, any odd kernel, dilation) with forward, input-grad and weight-grad kernels.
+
+The kernels work on *channel segments*: consecutive channel ranges that each have their own kernel size, padding
+and slice of a packed fp32 weight vector. A plain depthwise conv is one segment; the InceptionNeXt mixer
+(`kernels.inception`) is four (identity as a 1x1 conv with weight 1, kxk, 1xk, kx1), so it runs in the same single
+launch and writes the concatenated output directly.
+
+Work decomposition (one program = one block of channels of one segment x one spatial tile x one sample):
+- forward / input grad: the program loads its output tile's input window once per tap (the halo window is re-read
+  from L1/L2, never from HBM more than once in practice), multiplies by the per-channel tap weight and accumulates in
+  fp32. The input grad is the same kernel run on dy with the flipped taps and the complementary padding.
+- weight grad: per program a blocked reduction over its tile and a chunk of the batch, one plain store per tap into
+  a (splits, weights) fp32 scratch that a final `sum(0)` reduces: no atomics at all.
+Both memory formats are handled through strides; the tile shape follows the layout (pixel-major tiles for NCHW,
+channel-major tiles for channels_last) so loads are coalesced along the contiguous axis.
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Triton decides at decoration time whether kernels are interpreted (TRITON_INTERPRET=1, CPU tensors) or compiled.
+INTERPRET = os.environ.get('TRITON_INTERPRET', '0').lower() in ('1', 'true', 'on', 'yes')
+SEG_FIELDS = 7  # segment-table columns: c_begin, c_end, kh, kw, pad_h, pad_w, weight offset of c_begin
+
+
+@triton.jit
+def _dw_fwd_kernel(
+        x_ptr, w_ptr, b_ptr, y_ptr, seg_ptr,
+        H_in, W_in, H_out, W_out, n_tiles_w,
+        sxb, sxc, sxh, sxw, syb, syc, syh, syw,
+        dil_h, dil_w,
+        HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+):
+    seg = seg_ptr + tl.program_id(0) * 7
+    pid_t = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    c0 = tl.load(seg)
+    c1 = tl.load(seg + 1)
+    kh_size = tl.load(seg + 2)
+    kw_size = tl.load(seg + 3)
+    pad_h = tl.load(seg + 4)
+    pad_w = tl.load(seg + 5)
+    w_off = tl.load(seg + 6)
+
+    offs_c = c0 + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < c1
+    offs_p = tl.arange(0, TILE_H * TILE_W)
+    oh = (pid_t // n_tiles_w) * TILE_H + offs_p // TILE_W
+    ow = (pid_t % n_tiles_w) * TILE_W + offs_p % TILE_W
+    mask_p = (oh < H_out) & (ow < W_out)
+
+    x_base = x_ptr + b * sxb + offs_c[:, None] * sxc
+    w_base = w_ptr + w_off + (offs_c - c0) * (kh_size * kw_size)
+    acc = tl.zeros([BLOCK_C, TILE_H * TILE_W], dtype=tl.float32)
+    # Row quantities are hoisted out of the tap loop (this also keeps the interpreter's per-op cost down).
+    for i in range(kh_size):
+        ih = oh + (i * dil_h - pad_h)
+        row_ptrs = x_base + (ih * sxh)[None, :]
+        row_mask = mask_c[:, None] & (mask_p & (ih >= 0) & (ih < H_in))[None, :]
+        w_row = w_base + i * kw_size
+        iw = ow - pad_w
+        for j in range(kw_size):
+            mask = row_mask & ((iw >= 0) & (iw < W_in))[None, :]
+            xv = tl.load(row_ptrs + (iw * sxw)[None, :], mask=mask, other=0.0)
+            wv = tl.load(w_row + j, mask=mask_c, other=0.0)
+            acc += xv.to(tl.float32) * wv[:, None]
+            iw += dil_w
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_c, mask=mask_c, other=0.0)[:, None]
+    y_ptrs = y_ptr + b * syb + offs_c[:, None] * syc + (oh * syh + ow * syw)[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_c[:, None] & mask_p[None, :])
+
+
+@triton.jit
+def _dw_wgrad_kernel(
+        x_ptr, dy_ptr, dw_ptr, db_ptr, seg_ptr,
+        B, H_in, W_in, H_out, W_out, n_tiles_w, n_wts, n_chans, batch_per_split,
+        sxb, sxc, sxh, sxw, syb, syc, syh, syw,
+        dil_h, dil_w,
+        HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+):
+    """dw[c, i, j] = sum_{b, oh, ow} dy[b, c, oh, ow] * x[b, c, oh - pad_h + i*dil_h, ow - pad_w + j*dil_w]."""
+    seg = seg_ptr + tl.program_id(0) * 7
+    pid_t = tl.program_id(1)
+    pid_b = tl.program_id(2)
+    split = (pid_t * tl.num_programs(2) + pid_b).to(tl.int64)
+    c0 = tl.load(seg)
+    c1 = tl.load(seg + 1)
+    kh_size = tl.load(seg + 2)
+    kw_size = tl.load(seg + 3)
+    pad_h = tl.load(seg + 4)
+    pad_w = tl.load(seg + 5)
+    w_off = tl.load(seg + 6)
+    b_begin = pid_b * batch_per_split
+    b_end = tl.minimum(b_begin + batch_per_split, B)
+
+    offs_c = c0 + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < c1
+    offs_p = tl.arange(0, TILE_H * TILE_W)
+    oh = (pid_t // n_tiles_w) * TILE_H + offs_p // TILE_W
+    ow = (pid_t % n_tiles_w) * TILE_W + offs_p % TILE_W
+    mask_p = (oh < H_out) & (ow < W_out)
+    x_base = x_ptr + offs_c[:, None] * sxc
+    dy_tile = dy_ptr + offs_c[:, None] * syc + (oh * syh + ow * syw)[None, :]
+
+    if HAS_BIAS:
+        acc = tl.zeros([BLOCK_C, TILE_H * TILE_W], dtype=tl.float32)
+        dy_ptrs = dy_tile + b_begin.to(tl.int64) * syb
+        for _ in range(b_begin, b_end):
+            acc += tl.load(dy_ptrs, mask=mask_c[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
+            dy_ptrs += syb
+        tl.store(db_ptr + split * n_chans + offs_c, tl.sum(acc, axis=1), mask=mask_c)
+
+    # Taps outside, batch inside: the chunk's dy tiles and input windows stay cache-resident across taps, and
+    # each tap's partial sum is reduced once and stored once (no read-modify-write, no atomics).
+    dw_base = dw_ptr + split * n_wts + w_off + (offs_c - c0) * (kh_size * kw_size)
+    x_base += b_begin.to(tl.int64) * sxb
+    dy_tile += b_begin.to(tl.int64) * syb
+    for i in range(kh_size):
+        ih = oh + (i * dil_h - pad_h)
+        row_ptrs = x_base + (ih * sxh)[None, :]
+        row_mask = mask_c[:, None] & (mask_p & (ih >= 0) & (ih < H_in))[None, :]
+        dw_row = dw_base + i * kw_size
+        iw = ow - pad_w
+        for j in range(kw_size):
+            mask = row_mask & ((iw >= 0) & (iw < W_in))[None, :]
+            x_ptrs = row_ptrs + (iw * sxw)[None, :]
+            dy_ptrs = dy_tile
+            acc = tl.zeros([BLOCK_C, TILE_H * TILE_W], dtype=tl.float32)
+            for _ in range(b_begin, b_end):
+                xv = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
+                dyv = tl.load(dy_ptrs, mask=mask, other=0.0).to(tl.float32)
+                acc += xv * dyv
+                x_ptrs += sxb
+                dy_ptrs += syb
+            tl.store(dw_row + j, tl.sum(acc, axis=1), mask=mask_c)
+            iw += dil_w
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1 and not x.is_contiguous()
+
+
+def pick_tiles(channels: int, h: int, w: int, channels_last: bool) -> tuple[int, int, int]:
+    """(BLOCK_C, TILE_H, TILE_W) for a plane of h x w and segments of at most `channels` channels.
+
+    About 512 elements per program on a GPU: NCHW tiles run along W (the contiguous axis), channels_last tiles run
+    along C. The interpreter gets one tile per plane where possible since each program costs a Python loop there.
+    """
+    if INTERPRET:
+        return _next_pow2(channels), _next_pow2(h), _next_pow2(w)
+    if channels_last:
+        block_c = min(_next_pow2(channels), 64)
+        tile_w = min(_next_pow2(w), 8)
+        tile_h = min(_next_pow2(h), max(1, 512 // (block_c * tile_w)))
+    else:
+        tile_w = min(_next_pow2(w), 64)
+        tile_h = min(_next_pow2(h), max(1, 512 // tile_w))
+        block_c = min(_next_pow2(channels), max(1, 512 // (tile_h * tile_w)))
+    return block_c, tile_h, tile_w
+
+
+def segment_table(segments, block_c: int, device) -> torch.Tensor:
+    """One row per channel block: (c_begin, c_end, kh, kw, pad_h, pad_w, weight offset of c_begin)."""
+    rows = []
+    for c_begin, c_end, kh, kw, ph, pw, w_off in segments:
+        for c in range(c_begin, c_end, block_c):
+            rows.append((c, c_end, kh, kw, ph, pw, w_off + (c - c_begin) * kh * kw))
+    return torch.tensor(rows, dtype=torch.int32).to(device, non_blocking=True)
+
+
+def _num_sms(device) -> int:
+    if device.type == 'cuda':
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def _out_like(x: torch.Tensor, h: int, w: int, channels_last: bool) -> torch.Tensor:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty((x.shape[0], x.shape[1], h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
+def conv_segments_fwd(x, w_packed, b_packed, segments, dilation, out_hw):
+    """y = segmented depthwise conv of x. w_packed / b_packed: fp32, contiguous; b_packed may be None."""
+    B, C, H, W = x.shape
+    H_out, W_out = out_hw
+    cl = is_channels_last(x)
+    max_c = max(s[1] - s[0] for s in segments)
+    block_c, tile_h, tile_w = pick_tiles(max_c, H_out, W_out, cl)
+    table = segment_table(segments, block_c, x.device)
+    y = _out_like(x, H_out, W_out, cl)
+    n_tiles_w = triton.cdiv(W_out, tile_w)
+    grid = (table.shape[0], triton.cdiv(H_out, tile_h) * n_tiles_w, B)
+    _dw_fwd_kernel[grid](
+        x, w_packed, w_packed if b_packed is None else b_packed, y, table,
+        H, W, H_out, W_out, n_tiles_w,
+        *x.stride(), *y.stride(), *dilation,
+        HAS_BIAS=b_packed is not None, BLOCK_C=block_c, TILE_H=tile_h, TILE_W=tile_w, num_warps=4,
+    )
+    return y
+
+
+def conv_segments_wgrad(x, dy, segments, n_wts, dilation, with_bias):
+    """Weight grad (packed fp32, n_wts long) and, if asked, bias grad (fp32, C) of the segmented conv."""
+    B, C, H, W = x.shape
+    H_out, W_out = dy.shape[-2:]
+    cl = is_channels_last(x)
+    max_c = max(s[1] - s[0] for s in segments)
+    block_c, tile_h, tile_w = pick_tiles(max_c, H_out, W_out, cl)
+    table = segment_table(segments, block_c, x.device)
+    n_tiles_w = triton.cdiv(W_out, tile_w)
+    n_tiles = triton.cdiv(H_out, tile_h) * n_tiles_w
+    # Split the batch until there are ~4 programs per SM; each split writes its own partial row.
+    target = 2 if INTERPRET else 4 * _num_sms(x.device)
+    n_split_b = max(1, min(B, triton.cdiv(target, table.shape[0] * n_tiles)))
+    batch_per_split = triton.cdiv(B, n_split_b)
+    n_split_b = triton.cdiv(B, batch_per_split)
+    n_splits = n_tiles * n_split_b
+    dw_part = torch.zeros((n_splits, n_wts), dtype=torch.float32, device=x.device)
+    db_part = torch.zeros((n_splits, C), dtype=torch.float32, device=x.device) if with_bias else None
+    grid = (table.shape[0], n_tiles, n_split_b)
+    _dw_wgrad_kernel[grid](
+        x, dy, dw_part, dw_part if db_part is None else db_part, table,
+        B, H, W, H_out, W_out, n_tiles_w, n_wts, C, batch_per_split,
+        *x.stride(), *dy.stride(), *dilation,
+        HAS_BIAS=with_bias, BLOCK_C=block_c, TILE_H=tile_h, TILE_W=tile_w, num_warps=4,
+    )
+    return dw_part.sum(0), (db_part.sum(0) if with_bias else None)
+
+
+class DWConv2dFunction(torch.autograd.Function):
+    """Depthwise conv2d, stride 1; x (B, C, H, W) in NCHW or channels_last, weight (C, 1, kh, kw)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding, dilation):
+        C, _, kh, kw = weight.shape
+        ph, pw = padding
+        dh, dw = dilation
+        H_out = x.shape[2] + 2 * ph - dh * (kh - 1)
+        W_out = x.shape[3] + 2 * pw - dw * (kw - 1)
+        if H_out < 1 or W_out < 1:
+            raise ValueError(f"dwconv2d: empty output for input {tuple(x.shape)}, kernel {kh}x{kw}, "
+                             f"padding {padding}, dilation {dilation}")
+        w_packed = weight.detach().reshape(-1).float().contiguous()
+        b_packed = None if bias is None else bias.detach().float().contiguous()
+        y = conv_segments_fwd(x, w_packed, b_packed, [(0, C, kh, kw, ph, pw, 0)], dilation, (H_out, W_out))
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (padding, dilation, bias is not None, None if bias is None else bias.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        (ph, pw), dilation, has_bias, bias_dtype = ctx.conv
+        C, _, kh, kw = weight.shape
+        dx = dw = db = None
+        if dy.stride() != x.stride():
+            dy = dy.contiguous(memory_format=torch.channels_last if is_channels_last(x) else torch.contiguous_format)
+        if ctx.needs_input_grad[0]:
+            # dx is the correlation of dy with the flipped taps under the complementary padding.
+            w_flip = weight.detach().flip(-1, -2).reshape(-1).float().contiguous()
+            seg = [(0, C, kh, kw, dilation[0] * (kh - 1) - ph, dilation[1] * (kw - 1) - pw, 0)]
+            dx = conv_segments_fwd(dy, w_flip, None, seg, dilation, x.shape[-2:])
+        need_b = has_bias and ctx.needs_input_grad[2]
+        if ctx.needs_input_grad[1] or need_b:
+            dw_flat, db = conv_segments_wgrad(x, dy, [(0, C, kh, kw, ph, pw, 0)], weight.numel(), dilation, need_b)
+            dw = dw_flat.view_as(weight).to(weight.dtype) if ctx.needs_input_grad[1] else None
+            db = db.to(bias_dtype) if need_b else None
+        return dx, dw, db, None, None
+
+
+def dwconv2d_triton(x, weight, bias, padding: tuple[int, int], dilation: tuple[int, int]):
+    return DWConv2dFunction.apply(x, weight, bias, padding, dilation)

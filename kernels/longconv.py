@@ -1,0 +1,151 @@
+"""Long convolution y = k * u + D u (kernel as long as the sequence) for S4D / SGConv: cuFFT + fused Triton stages.
+
+Triton has no FFT, so the transforms stay on cuFFT (`torch.fft`, fp32, size 2L) and every pass around them is one
+Triton kernel instead of a chain of torch ops:
+- `_pad_cast_kernel`: dtype cast + zero padding to 2L in one pass (u, dy), and the bidirectional kernel assembly
+  (forward kernel on lags 0..L-1, mirrored backward kernel on the wrapped negative lags) for k.
+- `_skip_epilogue_kernel`: takes the first L outputs of the inverse FFT, adds the D skip and casts to the output
+  dtype in one pass; in the backward it also reduces the D gradient (sum of dy * u) per block.
+- `_spectral_bwd_kernel`: du_f = dy_f conj(k_f) and dk_f = sum_b dy_f conj(u_f) in one pass over the spectra
+  (the batch reduction for the kernel gradient happens in registers, not through a (B, H, L+1) temporary).
+The forward keeps rfft(u) for the backward, as autograd does for the reference, so memory matches the reference.
+"""
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _pad_cast_kernel(src_ptr, tail_ptr, dst_ptr, L, HAS_TAIL: tl.constexpr, BLOCK: tl.constexpr):
+    """dst[r, j] (fp32, length 2L) = src[r, j] for j < L, else tail[r, 2L-1-j] (bidirectional kernel) or 0."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    head = offs < L
+    v = tl.load(src_ptr + row * L + offs, mask=head, other=0.0).to(tl.float32)
+    if HAS_TAIL:
+        tail = (offs >= L) & (offs < 2 * L)
+        v += tl.load(tail_ptr + row * L + (2 * L - 1 - offs), mask=tail, other=0.0).to(tl.float32)
+    tl.store(dst_ptr + row * (2 * L) + offs, v, mask=offs < 2 * L)
+
+
+@triton.jit
+def _skip_epilogue_kernel(full_ptr, s_ptr, d_ptr, t_ptr, out_ptr, part_ptr, H, L,
+                          HAS_D: tl.constexpr, WITH_PART: tl.constexpr, BLOCK: tl.constexpr):
+    """out[r, l] = full[r, l] + D[r % H] s[r, l] (cast to out's dtype); part[r, block] = sum_l s[r, l] t[r, l]."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < L
+    v = tl.load(full_ptr + row * (2 * L) + offs, mask=mask, other=0.0)
+    if HAS_D:
+        s = tl.load(s_ptr + row * L + offs, mask=mask, other=0.0).to(tl.float32)
+        v += tl.load(d_ptr + row % H).to(tl.float32) * s
+        if WITH_PART:
+            t = tl.load(t_ptr + row * L + offs, mask=mask, other=0.0).to(tl.float32)
+            tl.store(part_ptr + row * tl.num_programs(1) + tl.program_id(1), tl.sum(s * t, axis=0))
+    tl.store(out_ptr + row * L + offs, v.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _spectral_bwd_kernel(dyf_ptr, uf_ptr, kf_ptr, duf_ptr, dkf_ptr, B, H, F,
+                         NEED_DU: tl.constexpr, NEED_DK: tl.constexpr, BLOCK: tl.constexpr):
+    """Complex spectra as interleaved (re, im) fp32. du_f[b, h] = dy_f[b, h] conj(k_f[h]); dk_f[h] = sum_b dy_f conj(u_f)."""
+    h = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < F
+    k_re = tl.load(kf_ptr + (h * F + offs) * 2, mask=mask, other=0.0)
+    k_im = tl.load(kf_ptr + (h * F + offs) * 2 + 1, mask=mask, other=0.0)
+    acc_re = tl.zeros([BLOCK], dtype=tl.float32)
+    acc_im = tl.zeros([BLOCK], dtype=tl.float32)
+    for b in range(B):
+        idx = ((b * H + h) * F + offs) * 2
+        dy_re = tl.load(dyf_ptr + idx, mask=mask, other=0.0)
+        dy_im = tl.load(dyf_ptr + idx + 1, mask=mask, other=0.0)
+        if NEED_DU:
+            tl.store(duf_ptr + idx, dy_re * k_re + dy_im * k_im, mask=mask)
+            tl.store(duf_ptr + idx + 1, dy_im * k_re - dy_re * k_im, mask=mask)
+        if NEED_DK:
+            u_re = tl.load(uf_ptr + idx, mask=mask, other=0.0)
+            u_im = tl.load(uf_ptr + idx + 1, mask=mask, other=0.0)
+            acc_re += dy_re * u_re + dy_im * u_im
+            acc_im += dy_im * u_re - dy_re * u_im
+    if NEED_DK:
+        tl.store(dkf_ptr + (h * F + offs) * 2, acc_re, mask=mask)
+        tl.store(dkf_ptr + (h * F + offs) * 2 + 1, acc_im, mask=mask)
+
+
+_BLOCK = 1024
+
+
+def _pad_cast(src: torch.Tensor, tail: torch.Tensor = None) -> torch.Tensor:
+    """(R, L) any float dtype -> (R, 2L) fp32 zero-padded (or with the mirrored tail), one pass."""
+    rows, L = src.shape
+    dst = torch.empty((rows, 2 * L), dtype=torch.float32, device=src.device)
+    _pad_cast_kernel[(rows, triton.cdiv(2 * L, _BLOCK))](
+        src, src if tail is None else tail, dst, L, HAS_TAIL=tail is not None, BLOCK=_BLOCK)
+    return dst
+
+
+def _skip_epilogue(full, s, D, H, out_dtype, t=None):
+    """First L of `full` (R, 2L) + D s, cast; with t also the per-row sums of s t (for dD)."""
+    rows, L = s.shape
+    out = torch.empty((rows, L), dtype=out_dtype, device=s.device)
+    n_blocks = triton.cdiv(L, _BLOCK)
+    part = torch.empty((rows, n_blocks), dtype=torch.float32, device=s.device) if t is not None else None
+    _skip_epilogue_kernel[(rows, n_blocks)](
+        full, s, full if D is None else D, s if t is None else t, out, full if part is None else part, H, L,
+        HAS_D=D is not None, WITH_PART=t is not None, BLOCK=_BLOCK)
+    return out, part
+
+
+class LongConvFunction(torch.autograd.Function):
+    """u (B, H, L); k (H, L) or (2, H, L) when bidirectional; D (H,) or None. Output (B, H, L) in u's dtype."""
+
+    @staticmethod
+    def forward(ctx, u, k, D, bidirectional):
+        B, H, L = u.shape
+        u = u.contiguous()
+        k_pad = _pad_cast(k[0].contiguous(), k[1].contiguous()) if bidirectional else _pad_cast(k.contiguous())
+        k_f = torch.fft.rfft(k_pad)  # (H, L + 1)
+        u_f = torch.fft.rfft(_pad_cast(u.view(B * H, L))).view(B, H, L + 1)
+        y_full = torch.fft.irfft(u_f * k_f, n=2 * L)  # (B, H, 2L) fp32
+        D_c = None if D is None else D.detach().contiguous()
+        y, _ = _skip_epilogue(y_full.view(B * H, 2 * L), u.view(B * H, L), D_c, H, u.dtype)
+        ctx.save_for_backward(u_f, k_f, u if D is not None and ctx.needs_input_grad[2] else None, D)
+        ctx.meta = (B, H, L, bidirectional, u.dtype, k.dtype)
+        return y.view(B, H, L)
+
+    @staticmethod
+    def backward(ctx, dy):
+        u_f, k_f, u, D = ctx.saved_tensors
+        B, H, L, bidirectional, u_dtype, k_dtype = ctx.meta
+        need_du, need_dk, need_dD = ctx.needs_input_grad[:3]
+        dy = dy.contiguous().view(B * H, L)
+        dy_f = torch.fft.rfft(_pad_cast(dy)).view(B, H, L + 1)
+        F_ = L + 1
+        du_f = torch.empty_like(dy_f) if need_du else None
+        dk_f = torch.empty((H, F_), dtype=dy_f.dtype, device=dy.device) if need_dk else None
+        if need_du or need_dk:
+            dyf_r = torch.view_as_real(dy_f)
+            _spectral_bwd_kernel[(H, triton.cdiv(F_, _BLOCK))](
+                dyf_r, torch.view_as_real(u_f), torch.view_as_real(k_f),
+                dyf_r if du_f is None else torch.view_as_real(du_f), dyf_r if dk_f is None else torch.view_as_real(dk_f),
+                B, H, F_, NEED_DU=need_du, NEED_DK=need_dk, BLOCK=_BLOCK)
+        du = dk = dD = None
+        if need_du:
+            du_full = torch.fft.irfft(du_f, n=2 * L).view(B * H, 2 * L)
+            du, part = _skip_epilogue(du_full, dy, None if D is None else D.detach().contiguous(), H, u_dtype,
+                                      t=u.view(B * H, L) if need_dD else None)
+            du = du.view(B, H, L)
+        elif need_dD:
+            part = (dy.float() * u.view(B * H, L).float()).sum(-1, keepdim=True)
+        if need_dD:
+            dD = part.view(B, H, -1).sum((0, 2)).to(D.dtype)
+        if need_dk:
+            dk_full = torch.fft.irfft(dk_f, n=2 * L)  # (H, 2L): gradient of the length-2L circular kernel
+            dk = torch.stack((dk_full[:, :L], dk_full[:, L:].flip(-1))) if bidirectional else dk_full[:, :L]
+            dk = dk.to(k_dtype)
+        return du, dk, dD, None
+
+
+def longconv_triton(u, k, D=None, bidirectional=False):
+    return LongConvFunction.apply(u, k, D, bidirectional)

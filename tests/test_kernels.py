@@ -1,0 +1,303 @@
+"""Kernels: references (fp64 gradcheck), Triton kernels against references (CPU interpreter, fp32), dispatch.
+
+Triton runs here through its interpreter (TRITON_INTERPRET=1, set by conftest.py before `kernels` is imported); each
+Triton op costs a Python loop per program and tap, so shapes are tiny. GPU tests at real shapes are in
+tests/test_kernels_gpu.py.
+"""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import kernels
+from kernels import dwconv2d_ref, inception_dw_ref, longconv_ref
+
+needs_triton = pytest.mark.skipif(
+    not (kernels.HAS_TRITON and (kernels.INTERPRET or torch.cuda.is_available())),
+    reason='needs triton with a GPU or TRITON_INTERPRET=1')
+DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _grads(fn, inputs, grad_out_seed=0):
+    """Output and grads of every input that requires grad, for a fixed random output cotangent."""
+    y = fn(*inputs)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(grad_out_seed)).to(y)
+    wrt = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    return y, torch.autograd.grad(y, wrt, g)
+
+
+def _assert_close(actual, expected, atol, rtol=1e-4):
+    torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# References: fp64 gradcheck
+
+def test_dwconv2d_ref_gradcheck():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 5, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    for kh, kw, dil in ((3, 3, 1), (1, 5, 2), (3, 1, 1)):
+        w = torch.randn(2, 1, kh, kw, dtype=torch.float64, generator=g, requires_grad=True)
+        b = torch.randn(2, dtype=torch.float64, generator=g, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda *a: dwconv2d_ref(*a, None, dil), (x, w, b))
+
+
+def test_inception_dw_ref_gradcheck():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 7, 5, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    shapes = ((2, 1, 3, 3), (2,), (2, 1, 1, 5), (2,), (2, 1, 5, 1), (2,))
+    params = [torch.randn(s, dtype=torch.float64, generator=g, requires_grad=True) for s in shapes]
+    assert torch.autograd.gradcheck(inception_dw_ref, (x, *params))
+
+
+@pytest.mark.parametrize('bidirectional', [False, True])
+def test_longconv_ref_gradcheck(bidirectional):
+    g = torch.Generator().manual_seed(2)
+    u = torch.randn(2, 3, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    k = torch.randn(*((2,) if bidirectional else ()), 3, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    D = torch.randn(3, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: longconv_ref(*a, bidirectional), (u, k, D))
+
+
+def test_longconv_ref_matches_direct_sum():
+    """The FFT reference is the plain causal (and two-sided) sum it claims to be."""
+    g = torch.Generator().manual_seed(3)
+    u, k, D = torch.randn(2, 3, 6, generator=g), torch.randn(2, 3, 6, generator=g), torch.randn(3, generator=g)
+    L = u.shape[-1]
+    lag = torch.arange(L)[:, None] - torch.arange(L)[None, :]  # out index - in index
+    causal = torch.where(lag >= 0, k[0][:, lag.clamp(min=0)], 0.0)  # (H, L_out, L_in)
+    anti = torch.where(lag < 0, k[1][:, (-lag - 1).clamp(min=0)], 0.0)
+    expected = torch.einsum('hoi,bhi->bho', causal, u) + D[:, None] * u
+    _assert_close(longconv_ref(u, k[0], D), expected, atol=1e-5)
+    _assert_close(longconv_ref(u, k, D, bidirectional=True), expected + torch.einsum('hoi,bhi->bho', anti, u),
+                  atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Triton (interpreter on CPU) against the references, fp32
+
+DW_CASES = [
+    # B, C, H, W, (kh, kw), dilation, padding, channels_last, bias
+    (2, 3, 7, 9, (3, 3), 1, None, False, True),
+    (1, 5, 9, 7, (7, 7), 1, None, True, True),
+    (1, 4, 11, 13, (13, 13), 1, None, False, False),
+    (2, 3, 9, 13, (1, 11), 1, None, True, True),
+    (1, 5, 13, 7, (11, 1), 1, None, False, True),
+    (1, 3, 11, 9, (3, 3), 3, None, True, True),
+    (2, 3, 12, 11, (5, 7), (2, 1), None, False, True),
+    (1, 3, 8, 9, (5, 5), 1, (1, 3), True, False),  # not "same": output 6 x 9
+    (1, 2, 5, 9, (1, 31), 1, None, False, True),  # 31x31 runs in the GPU tests (961 taps: slow here)
+]
+
+
+@needs_triton
+@pytest.mark.parametrize('B,C,H,W,ks,dil,pad,cl,bias', DW_CASES)
+def test_dwconv2d_triton_matches_reference(B, C, H, W, ks, dil, pad, cl, bias):
+    g = torch.Generator().manual_seed(B * 100 + C * 10 + ks[0])
+    x = torch.randn(B, C, H, W, generator=g).to(DEVICE)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = torch.randn(C, 1, *ks, generator=g).to(DEVICE).requires_grad_()
+    b = torch.randn(C, generator=g).to(DEVICE).requires_grad_() if bias else None
+    inputs = (x, w, b)
+    y, grads = _grads(lambda *a: kernels.dwconv2d(*a, padding=pad, dilation=dil, backend='triton'), inputs)
+    y_ref, grads_ref = _grads(lambda *a: kernels.dwconv2d(*a, padding=pad, dilation=dil, backend='torch'), inputs)
+    assert y.shape == y_ref.shape and y.dtype == x.dtype
+    assert y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    _assert_close(y, y_ref, atol=1e-4)
+    for name, a, e in zip(('x', 'weight', 'bias'), grads, grads_ref):
+        _assert_close(a, e, atol=1e-3 if name != 'x' else 1e-4)
+
+
+@needs_triton
+def test_dwconv2d_triton_partial_grads_and_fp16():
+    """Weight-only and input-only backward paths; fp16 in, fp32 accumulation, fp16 out."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(1, 3, 7, 9, generator=g).to(DEVICE)
+    w = torch.randn(3, 1, 5, 5, generator=g).to(DEVICE).requires_grad_()
+    (dw,) = _grads(lambda *a: kernels.dwconv2d(*a, backend='triton'), (x, w))[1]
+    (dw_ref,) = _grads(lambda *a: kernels.dwconv2d(*a, backend='torch'), (x, w))[1]
+    _assert_close(dw, dw_ref, atol=1e-3)
+    x.requires_grad_()
+    w.requires_grad_(False)
+    (dx,) = _grads(lambda *a: kernels.dwconv2d(*a, backend='triton'), (x, w))[1]
+    (dx_ref,) = _grads(lambda *a: kernels.dwconv2d(*a, backend='torch'), (x, w))[1]
+    _assert_close(dx, dx_ref, atol=1e-4)
+    y16 = kernels.dwconv2d(x.detach().half(), w.half(), backend='triton')
+    assert y16.dtype == torch.float16
+    _assert_close(y16, dwconv2d_ref(x.detach().half().float(), w.half().float()), atol=2e-3, rtol=2e-3)
+
+
+INCEPTION_CASES = [
+    # B, C, gc, H, W, square, band, channels_last, bias
+    (2, 11, 3, 9, 7, 3, 11, False, True),
+    (1, 12, 4, 7, 9, 3, 9, True, True),  # C == 3 gc: no identity channels
+    (1, 10, 2, 8, 11, 5, 7, False, False),
+    (2, 13, 3, 11, 8, 3, 11, True, True),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize('B,C,gc,H,W,sq,band,cl,bias', INCEPTION_CASES)
+def test_inception_dw_triton_matches_reference(B, C, gc, H, W, sq, band, cl, bias):
+    g = torch.Generator().manual_seed(C * 10 + band)
+    x = torch.randn(B, C, H, W, generator=g).to(DEVICE)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    params = []
+    for ks in ((sq, sq), (1, band), (band, 1)):
+        params.append(torch.randn(gc, 1, *ks, generator=g).to(DEVICE).requires_grad_())
+        params.append(torch.randn(gc, generator=g).to(DEVICE).requires_grad_() if bias else None)
+    inputs = (x, *params)
+    y, grads = _grads(lambda *a: kernels.inception_dw(*a, backend='triton'), inputs)
+    y_ref, grads_ref = _grads(lambda *a: kernels.inception_dw(*a, backend='torch'), inputs)
+    assert y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    torch.testing.assert_close(y[:, :C - 3 * gc], x[:, :C - 3 * gc], atol=0, rtol=0)  # identity is an exact copy
+    _assert_close(y, y_ref, atol=1e-4)
+    assert len(grads) == len(grads_ref)
+    for a, e in zip(grads, grads_ref):
+        _assert_close(a, e, atol=1e-3)
+
+
+LONGCONV_CASES = [
+    # B, H, L, bidirectional, with D
+    (2, 3, 17, False, True),
+    (2, 5, 64, True, True),
+    (1, 3, 1500, True, False),  # L > the 1024 block: several blocks per row
+    (3, 2, 9, False, False),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize('B,H,L,bidirectional,with_D', LONGCONV_CASES)
+def test_longconv_triton_matches_reference(B, H, L, bidirectional, with_D):
+    g = torch.Generator().manual_seed(B + H + L)
+    u = torch.randn(B, H, L, generator=g).to(DEVICE).requires_grad_()
+    k = (torch.randn(*((2,) if bidirectional else ()), H, L, generator=g) / L ** 0.5).to(DEVICE).requires_grad_()
+    D = torch.randn(H, generator=g).to(DEVICE).requires_grad_() if with_D else None
+    inputs = (u, k, D)
+    y, grads = _grads(lambda *a: kernels.longconv(*a, bidirectional=bidirectional, backend='triton'), inputs)
+    y_ref, grads_ref = _grads(lambda *a: kernels.longconv(*a, bidirectional=bidirectional, backend='torch'), inputs)
+    _assert_close(y, y_ref, atol=1e-5)
+    for a, e in zip(grads, grads_ref):
+        _assert_close(a, e, atol=1e-4)
+
+
+@needs_triton
+def test_longconv_triton_partial_grads_and_half_inputs():
+    g = torch.Generator().manual_seed(11)
+    u = torch.randn(2, 3, 20, generator=g).to(DEVICE)
+    k = torch.randn(3, 20, generator=g).to(DEVICE).requires_grad_()
+    D = torch.randn(3, generator=g).to(DEVICE).requires_grad_()
+    dk, dD = _grads(lambda *a: kernels.longconv(*a, backend='triton'), (u, k, D))[1]
+    dk_ref, dD_ref = _grads(lambda *a: kernels.longconv(*a, backend='torch'), (u, k, D))[1]
+    _assert_close(dk, dk_ref, atol=1e-4)
+    _assert_close(dD, dD_ref, atol=1e-4)
+    dtypes = (torch.float16, torch.bfloat16) if DEVICE == 'cuda' or kernels.INTERPRET else (torch.float16,)
+    for dtype in dtypes:  # bf16 only loaded/stored by the kernels, never computed in: the interpreter handles that
+        y = kernels.longconv(u.to(dtype), k, D, backend='triton')
+        assert y.dtype == dtype
+        _assert_close(y, longconv_ref(u.to(dtype).float(), k, D), atol=2e-2, rtol=1e-2)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Dispatch and input checks
+
+def test_auto_runs_reference_on_cpu(monkeypatch):
+    def fail(*args):
+        raise AssertionError('auto picked Triton for a CPU tensor')
+
+    for name in ('dwconv2d_triton', 'inception_dw_triton', 'longconv_triton'):
+        monkeypatch.setattr(kernels, name, fail, raising=False)
+    x, w = torch.randn(1, 4, 6, 6), torch.randn(4, 1, 3, 3)
+    torch.testing.assert_close(kernels.dwconv2d(x, w), dwconv2d_ref(x, w))
+    gw = [torch.randn(1, 1, 3, 3), None, torch.randn(1, 1, 1, 5), None, torch.randn(1, 1, 5, 1), None]
+    torch.testing.assert_close(kernels.inception_dw(x, *gw), inception_dw_ref(x, *gw))
+    u, k = torch.randn(2, 3, 8), torch.randn(3, 8)
+    torch.testing.assert_close(kernels.longconv(u, k), longconv_ref(u, k))
+
+
+def test_bad_backend_and_shapes():
+    x, w = torch.randn(1, 4, 6, 6), torch.randn(4, 1, 3, 3)
+    with pytest.raises(ValueError, match='kernel backend must be one of'):
+        kernels.dwconv2d(x, w, backend='cuda')
+    with pytest.raises(ValueError, match=r'weight must have shape \(4, 1, kh, kw\)'):
+        kernels.dwconv2d(x, torch.randn(4, 4, 3, 3))
+    with pytest.raises(ValueError, match='bias of weight must have shape'):
+        kernels.dwconv2d(x, w, torch.randn(3))
+    with pytest.raises(ValueError, match='odd kernel sizes'):
+        kernels.dwconv2d(x, torch.randn(4, 1, 4, 4))
+    with pytest.raises(ValueError, match='x must be'):
+        kernels.dwconv2d(x[0], w)
+    with pytest.raises(ValueError, match='do not fit'):
+        kernels.inception_dw(x, *[torch.randn(2, 1, 3, 3), None] * 3)
+    with pytest.raises(ValueError, match=r'w_w must have shape \(1, 1, kh, kw\)'):
+        kernels.inception_dw(x, torch.randn(1, 1, 3, 3), None, torch.randn(2, 1, 1, 5), None,
+                             torch.randn(1, 1, 5, 1), None)
+    u = torch.randn(2, 3, 8)
+    with pytest.raises(ValueError, match=r'bidirectional kernel .* must have shape \(2, 3, 8\)'):
+        kernels.longconv(u, torch.randn(3, 8), bidirectional=True)
+    with pytest.raises(ValueError, match=r'causal kernel .* must have shape \(3, 8\)'):
+        kernels.longconv(u, torch.randn(3, 7))
+    with pytest.raises(ValueError, match=r'D must have shape \(3,\)'):
+        kernels.longconv(u, torch.randn(3, 8), torch.randn(4))
+
+
+@needs_triton
+def test_triton_backend_errors(monkeypatch):
+    x, w = torch.randn(1, 2, 5, 5, dtype=torch.float64), torch.randn(2, 1, 3, 3, dtype=torch.float64)
+    with pytest.raises(TypeError, match='supports'):
+        kernels.dwconv2d(x.to(DEVICE), w.to(DEVICE), backend='triton')
+    monkeypatch.setattr(kernels, 'INTERPRET', False)
+    with pytest.raises(RuntimeError, match='TRITON_INTERPRET=1'):
+        kernels.dwconv2d(x.float(), w.float(), backend='triton')
+
+
+@pytest.mark.slow
+def test_package_imports_without_triton():
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "import torch, kernels\n"
+            "assert not kernels.HAS_TRITON\n"
+            "x, w = torch.randn(1, 2, 5, 5), torch.randn(2, 1, 3, 3)\n"
+            "assert torch.equal(kernels.dwconv2d(x, w), kernels.dwconv2d_ref(x, w))\n"
+            "try:\n"
+            "    kernels.dwconv2d(x, w, backend='triton')\n"
+            "except RuntimeError as e:\n"
+            "    assert 'needs the triton package' in str(e)\n"
+            "else:\n"
+            "    raise AssertionError('no error')\n")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_functions_stay_leaves_under_fx():
+    from timm.layers import get_notrace_functions
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(3, 1, 5, 5))
+            self.k = torch.nn.Parameter(torch.randn(3, 8))
+
+        def forward(self, x):
+            y = kernels.dwconv2d(x, self.weight, backend='auto').relu()
+            return kernels.longconv(y.flatten(2)[..., :8], self.k)
+
+    assert {kernels.dwconv2d, kernels.inception_dw, kernels.longconv} <= set(get_notrace_functions())
+    net = Net()
+    gm = torch.fx.symbolic_trace(net)
+    targets = {n.target for n in gm.graph.nodes if n.op == 'call_function'}
+    assert {kernels.dwconv2d, kernels.longconv} <= targets
+    x = torch.randn(1, 3, 8, 8)
+    torch.testing.assert_close(gm(x), net(x))
