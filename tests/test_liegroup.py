@@ -1,0 +1,285 @@
+"""Lie-group (SL(2,R) / GL+(2,R)) CNNs: official parity, equivariance, sampling, caching, timm API."""
+import math
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import zoo  # noqa: F401  (registers the models)
+from zoo.models.liegroup import (
+    GroupConv2d, GroupSampler, LieGroupResNet, LiftingConv2d, checkpoint_filter_fn, group_conv2d, polar_coordinates,
+    rotation_matrix,
+)
+
+FIXTURES = Path(__file__).parent / 'fixtures' / 'liegroup'
+TINY = dict(num_samples=4, width=4, kernel_mlp=dict(hidden=16))
+
+
+def tiny_model(group='sl2', **kwargs):
+    torch.manual_seed(0)
+    return LieGroupResNet(group=group, **dict(TINY, **kwargs)).double().eval()
+
+
+def quarter_turn():
+    # torch.rot90(x, 1, (-2, -1)) moves content by R(-pi/2) in (x = column, y = row) coordinates.
+    return rotation_matrix(torch.tensor(-math.pi / 2, dtype=torch.float64))
+
+
+# ------------------------------------------------------------------------------------------------ official parity
+
+@pytest.mark.parametrize('group', ['sl2', 'gl2'])
+def test_matches_official_rgenn(group):
+    fx = torch.load(FIXTURES / f'rgenn_{group}_tiny.pt', weights_only=True)
+    model = tiny_model(group)
+    model.load_state_dict(checkpoint_filter_fn(fx['state_dict'], model), strict=True)
+    model.set_samples((fx['g_stem'], fx['g_stem_inv']), (fx['g_final'], fx['g_final_inv']))
+    with torch.no_grad():
+        stem = model.stem(fx['input'][:1], fx['g_stem_inv'])
+        logits = model(fx['input'])
+    torch.testing.assert_close(stem, fx['stem'], rtol=0, atol=1e-12)
+    # The release keeps pi as a float32 buffer in its angle wrap-around, hence ~1e-7 and not 1e-12.
+    torch.testing.assert_close(logits, fx['logits'], rtol=0, atol=1e-6)
+
+
+def test_param_counts_match_release():
+    # Counted from rgenn's GResNet at --gsamples 10 --blocks_dim 40 (SL2 339,102, GL2 339,282).
+    counts = {n: sum(p.numel() for p in timm.create_model(n).parameters())
+              for n in ('liegroup_sl2', 'liegroup_gl2', 'liegroup_cnn', 'liegroup_sl2_small', 'liegroup_cnn_small')}
+    assert counts['liegroup_sl2'] == 339_102 and counts['liegroup_gl2'] == 339_282
+    assert abs(counts['liegroup_cnn'] / counts['liegroup_sl2'] - 1) < 0.05
+    assert abs(counts['liegroup_cnn_small'] / counts['liegroup_sl2_small'] - 1) < 0.05
+
+
+# ------------------------------------------------------------------------------------------------ equivariance
+
+@pytest.mark.parametrize('group', ['sl2', 'gl2'])
+@pytest.mark.parametrize('num_samples', [4, 8])
+def test_logits_invariant_to_rot90_with_rotation_sampling(group, num_samples):
+    model = tiny_model(group, num_samples=num_samples, spd_spread=0.0)
+    torch.manual_seed(1)
+    x = torch.randn(2, 1, 24, 24, dtype=torch.float64)
+    with torch.no_grad():
+        ref = model(x)
+        feats = model.forward_features(x)
+        for k in (1, 2, 3):
+            xr = torch.rot90(x, k, (-2, -1))
+            torch.testing.assert_close(model(xr), ref, rtol=0, atol=1e-9)
+            torch.testing.assert_close(model.forward_features(xr), torch.rot90(feats, k, (-2, -1)), rtol=0, atol=1e-9)
+
+
+def test_logits_not_rot90_invariant_without_quarter_turns():
+    # Control: 3 rotations (120 degrees apart) do not contain the quarter turn, so invariance must break.
+    model = tiny_model('sl2', num_samples=3, spd_spread=0.0)
+    x = torch.randn(2, 1, 24, 24, dtype=torch.float64)
+    with torch.no_grad():
+        assert (model(torch.rot90(x, 1, (-2, -1))) - model(x)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize('group', ['sl2', 'gl2'])
+def test_kernels_commute_with_group_action(group):
+    """K(a p; a g_out, a g_in) = K(p; g_out, g_in) (times 1/|det a| for GL+(2)) for any a in the group."""
+    torch.manual_seed(0)
+    sampler = GroupSampler(group, rotation='uniform', spd_spread=0.1)
+    g_in, _ = sampler.sample(3)
+    g_out, g_out_inv = sampler.sample(5)
+    a, a_inv = sampler.sample(1)
+    det_a = torch.det(a[0]).abs()
+    lift = LiftingConv2d(2, 3, 5, group=group, kernel_mlp=dict(hidden=16)).double()
+    conv = GroupConv2d(2, 3, 5, group=group, kernel_mlp=dict(hidden=16)).double()
+    scale = 1.0 if group == 'sl2' else 1 / det_a
+    for layer, args, moved in (
+            (lift, (g_out_inv,), (g_out_inv @ a_inv,)),
+            (conv, (g_in, g_out_inv), (a @ g_in, g_out_inv @ a_inv)),
+    ):
+        ref = layer.weight(*args)
+        layer.grid = layer.grid @ a[0].mT  # evaluate at a p
+        torch.testing.assert_close(layer.weight(*moved), ref * scale, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize('group', ['sl2', 'gl2'])
+def test_layers_commute_with_quarter_turn_of_samples(group):
+    """layer(rot90 f, r g) = rot90 layer(f, g) for arbitrary (non-grid) samples g and a quarter turn r."""
+    torch.manual_seed(0)
+    sampler = GroupSampler(group, rotation='uniform', spd_spread=0.1)
+    r = quarter_turn()
+    g, g_inv = sampler.sample(3)
+    h, h_inv = sampler.sample(4)
+    lift = LiftingConv2d(1, 2, 5, group=group, kernel_mlp=dict(hidden=16)).double()
+    conv = GroupConv2d(2, 3, 5, padding=2, group=group, kernel_mlp=dict(hidden=16)).double()
+    rot = lambda t: torch.rot90(t, 1, (-2, -1))  # noqa: E731
+    x = torch.randn(2, 1, 14, 14, dtype=torch.float64)
+    f = torch.randn(2, 2, 3, 12, 12, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(lift(rot(x), g_inv @ r.mT), rot(lift(x, g_inv)), rtol=0, atol=1e-10)
+        torch.testing.assert_close(conv(rot(f), r @ g, h_inv @ r.mT), rot(conv(f, g, h_inv)), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize('group', ['sl2', 'gl2'])
+def test_layers_translation_equivariant(group):
+    torch.manual_seed(0)
+    sampler = GroupSampler(group)
+    g, g_inv = sampler.sample(4)
+    lift = LiftingConv2d(1, 2, 5, group=group, kernel_mlp=dict(hidden=16)).double()
+    conv = GroupConv2d(2, 2, 5, padding=2, group=group, kernel_mlp=dict(hidden=16)).double()
+    shift = lambda t: torch.roll(t, (3, -2), (-2, -1))  # noqa: E731
+    x = torch.randn(1, 1, 20, 20, dtype=torch.float64)
+    f = torch.randn(1, 2, 4, 20, 20, dtype=torch.float64)
+    with torch.no_grad():
+        # Compare away from the rolled-over border, where the roll is a true translation.
+        torch.testing.assert_close(lift(shift(x), g_inv)[..., 5:-5, 5:-5],
+                                   shift(lift(x, g_inv))[..., 5:-5, 5:-5], rtol=0, atol=1e-12)
+        torch.testing.assert_close(conv(shift(f), g, g_inv)[..., 5:-5, 5:-5],
+                                   shift(conv(f, g, g_inv))[..., 5:-5, 5:-5], rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ group maths
+
+@pytest.mark.parametrize('group', ['sl2', 'gl2'])
+def test_sampler_pairs_and_polar_coordinates(group):
+    gen = torch.Generator().manual_seed(0)
+    sampler = GroupSampler(group, rotation='equidistant', spd_spread=0.1)
+    g, g_inv = sampler.sample(10, gen)
+    torch.testing.assert_close(g @ g_inv, torch.eye(2, dtype=torch.float64).expand(10, 2, 2))
+    det = torch.det(g)
+    assert (det > 0).all()
+    if group == 'sl2':
+        torch.testing.assert_close(det, torch.ones(10, dtype=torch.float64))
+    else:
+        assert det.std() > 0.01
+    # The polar angle of each sample is its equidistant angle; log P is symmetric (traceless for SL(2)).
+    coords = polar_coordinates(g, group)
+    angle = coords[:, 1] if group == 'sl2' else coords[:, 3]
+    expected = torch.remainder(-math.pi + 2 * math.pi * torch.arange(10, dtype=torch.float64) / 10, 2 * math.pi)
+    torch.testing.assert_close(angle, expected)
+    assert coords.shape == (10, 3 if group == 'sl2' else 4)
+    # Identity has all-zero coordinates (and the angle is 0, not 2 pi).
+    assert polar_coordinates(torch.eye(2, dtype=torch.float64), group).abs().max() < 1e-12
+
+
+def test_rotation_samplers():
+    eq = GroupSampler('sl2', rotation='equidistant', spd_spread=0.0)
+    g, _ = eq.sample(10)
+    angles = torch.atan2(g[:, 1, 0], g[:, 0, 0])
+    assert len(torch.unique(torch.round(torch.remainder(angles, 2 * math.pi), decimals=6))) == 10  # no +-pi twice
+    gq, _ = eq.sample(8)
+    for q in range(4):  # contains every quarter turn
+        target = rotation_matrix(torch.tensor(q * math.pi / 2, dtype=torch.float64))
+        assert ((gq - target).abs().amax((-2, -1)) < 1e-12).any()
+    gen = torch.Generator().manual_seed(0)
+    uni, uni_inv = GroupSampler('gl2', rotation='uniform', rotation_range=0.25, spd_spread=0.0).sample(200, gen)
+    assert torch.atan2(uni[:, 1, 0], uni[:, 0, 0]).abs().max() <= math.pi / 4
+    haar, haar_inv = GroupSampler('sl2', rotation='haar', spd_spread=0.0).sample(200, gen)
+    torch.testing.assert_close(torch.det(haar), torch.ones(200, dtype=torch.float64))
+    torch.testing.assert_close(haar @ haar_inv, torch.eye(2, dtype=torch.float64).expand(200, 2, 2))
+    with pytest.raises(ValueError, match='rotation sampler'):
+        GroupSampler('sl2', rotation='grid')
+    with pytest.raises(ValueError, match='group must be'):
+        GroupSampler('so3')
+
+
+def test_im2col_conv_matches_conv2d_forward_and_backward():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    for padding in (0, 1):
+        torch.testing.assert_close(group_conv2d(x, w, padding), F.conv2d(x, w, padding=padding))
+        assert torch.autograd.gradcheck(lambda a, b: group_conv2d(a, b, padding), (x, w))
+
+
+# ------------------------------------------------------------------------------------------------ sampling, cache
+
+def test_eval_is_reproducible_and_training_resamples():
+    model = tiny_model('gl2')
+    x = torch.randn(2, 1, 24, 24, dtype=torch.float64)
+    with torch.no_grad():
+        a, b = model(x), model(x)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(tiny_model('gl2')(x), a, rtol=0, atol=0)  # same seed, same predictions
+        model.eval_resample = True  # the release's behaviour: new samples at every call
+        assert (model(x) - a).abs().max() > 1e-6
+        model.eval_resample = False
+        model.train()
+        model.head.drop.p = 0.0
+        assert (model(x) - model(x)).abs().max() > 1e-6
+
+
+def test_kernel_cache_reused_and_invalidated():
+    model = tiny_model('sl2')
+    conv = model.stages[0].conv1
+    x = torch.randn(2, 1, 24, 24, dtype=torch.float64)
+    with torch.no_grad():
+        ref = model(x)
+        cached = conv._cache[1]
+        model(x)
+        assert conv._cache[1] is cached  # reused
+        # Weight change in place (as an optimizer step does): new kernel, new output, equal to a fresh model's.
+        conv.kernel_net.layers[0].weight.add_(0.05)
+        changed = model(x)
+        assert conv._cache[1] is not cached and (changed - ref).abs().max() > 1e-6
+        fresh = tiny_model('sl2')
+        fresh.load_state_dict(model.state_dict())
+        torch.testing.assert_close(fresh(x), changed, rtol=0, atol=1e-12)
+        # load_state_dict back, and new samples, invalidate too.
+        model.load_state_dict(tiny_model('sl2').state_dict())
+        torch.testing.assert_close(model(x), ref, rtol=0, atol=1e-12)
+        model.resample_eval(seed=123)
+        assert (model(x) - ref).abs().max() > 1e-6
+    # With autograd on, kernels are rebuilt with a graph: gradients reach the kernel networks.
+    model(x).sum().backward()
+    assert conv.kernel_net.layers[0].weight.grad is not None
+
+
+def test_sample_buffers_are_independent_and_final_conv_sees_stem_samples():
+    model = tiny_model('sl2')
+    seen = {}
+    model.stages[-1].conv.register_forward_pre_hook(lambda m, args: seen.update(final=args[1:]))
+    model.stages[0].conv1.register_forward_pre_hook(lambda m, args: seen.update(block=args[1:]))
+    with torch.no_grad():
+        model(torch.randn(1, 1, 24, 24, dtype=torch.float64))
+    g_stem, g_stem_inv, g_final, g_final_inv = model.samples(torch.zeros((), dtype=torch.float64))
+    # g and g^-1 are different tensors that really are inverses (the release's aliasing made them equal).
+    assert g_stem.data_ptr() != g_stem_inv.data_ptr()
+    torch.testing.assert_close(g_stem @ g_stem_inv, torch.eye(2, dtype=torch.float64).expand(4, 2, 2))
+    torch.testing.assert_close(seen['block'][0], g_stem)
+    torch.testing.assert_close(seen['block'][1], g_stem_inv)
+    torch.testing.assert_close(seen['final'][0], g_stem)  # input samples of the last conv = lifting samples
+    torch.testing.assert_close(seen['final'][1], g_final_inv)
+    assert (g_final - g_stem).abs().max() > 1e-3
+
+
+# ------------------------------------------------------------------------------------------------ timm API
+
+@pytest.mark.parametrize('name', ['liegroup_sl2_small', 'liegroup_cnn_small'])
+def test_timm_api(name):
+    model = timm.create_model(name, width=4, num_samples=2).eval()
+    x = torch.randn(2, 1, 24, 24)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (2, 4, 6, 6)
+        final, inter = model.forward_intermediates(x)
+        torch.testing.assert_close(final, feats)
+        assert [t.shape[-1] for t in inter] == [20, 10, 6]
+        model.set_grad_checkpointing(True)
+        torch.testing.assert_close(model(x), model.set_grad_checkpointing(False) or model(x))
+        assert model.forward_head(feats, pre_logits=True).shape == (2, 256)
+        model.reset_classifier(0)
+        assert model(x).shape == (2, 256)
+        model.reset_classifier(0, '')
+        assert model(x).shape == (2, 4, 6, 6)
+    fmodel = timm.create_model(name, width=4, num_samples=2, features_only=True).eval()
+    with torch.no_grad():
+        maps = fmodel(x)
+    assert [m.shape[1] for m in maps] == fmodel.feature_info.channels()
+    assert [m.shape[-1] for m in maps] == [20, 10, 6]
+
+
+def test_bad_input_is_named():
+    model = tiny_model('sl2')
+    with pytest.raises(ValueError, match=r'expected \(B, 1, H, W\)'):
+        model(torch.randn(1, 3, 24, 24, dtype=torch.float64))
+    with pytest.raises(ValueError, match='at least 15x15'):
+        model(torch.randn(1, 1, 12, 12, dtype=torch.float64))
+    with pytest.raises(ValueError, match="group must be"):
+        LieGroupResNet(group='so2')
