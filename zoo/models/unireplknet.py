@@ -104,7 +104,8 @@ class DepthwiseConv2d(nn.Module):
             self.bias = nn.Parameter(torch.zeros(channels, **dd))
         else:
             self.register_parameter('bias', None)
-        trunc_normal_(self.weight, std=.02)
+        if not self.weight.is_meta:  # (timm's truncated normal is slow on meta tensors)
+            trunc_normal_(self.weight, std=.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
@@ -452,7 +453,8 @@ class UniRepLKNet(nn.Module):
 
     @staticmethod
     def _init_weights(m: nn.Module):
-        if isinstance(m, (nn.Conv2d, nn.Linear, DepthwiseConv2d)):
+        # DepthwiseConv2d initialises itself the same way (truncated normal, std .02, zero bias).
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and not m.weight.is_meta:
             trunc_normal_(m.weight, std=.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -586,8 +588,8 @@ _STAGE_KEY = re.compile(r'^stages\.(\d+)\.(\d+)\.')
 
 def _describe(state_dict: Dict[str, torch.Tensor]) -> str:
     """'dims (40, 80, 160, 320), depths (2, 2, 6, 2)' read off an official-layout state dict."""
-    dims = tuple(state_dict[f'downsample_layers.{i}.0.weight'].shape[0]
-                 for i in range(4) if f'downsample_layers.{i}.0.weight' in state_dict)
+    dim_keys = ['downsample_layers.0.3.weight'] + [f'downsample_layers.{i}.0.weight' for i in range(1, 4)]
+    dims = tuple(state_dict[k].shape[0] for k in dim_keys if k in state_dict)
     blocks = {tuple(int(g) for g in m.groups()) for m in map(_STAGE_KEY.match, state_dict) if m}
     depths = tuple(len({j for s, j in blocks if s == i}) for i in range(4))
     return f'dims {dims}, depths {depths}'
@@ -624,8 +626,7 @@ def _reparameterize_state_dict(state_dict: Dict[str, torch.Tensor], model: UniRe
     args['layer_scale_init_value'] = 1e-6 if any(re.match(r'^stages\.\d+\.\d+\.gamma$', k) for k in state_dict) \
         else None
     num_classes = state_dict['head.weight'].shape[0] if 'head.weight' in state_dict else 0
-    with torch.device('meta'):
-        twin = UniRepLKNet(num_classes=num_classes, deploy=False, **args)
+    twin = UniRepLKNet(num_classes=num_classes, deploy=False, device='meta', **args)  # storage comes from the file
     twin.load_state_dict(state_dict, strict=True, assign=True)
     twin.reparameterize_unireplknet()
     return twin.state_dict()
@@ -755,50 +756,55 @@ def _create_unireplknet(variant: str, pretrained: bool = False, **kwargs) -> Uni
     )
 
 
-def _variant(variant: str, depths: Tuple[int, ...], dims: Tuple[int, ...], pretrained: bool, **kwargs):
-    return _create_unireplknet(variant, pretrained=pretrained, **dict(dict(depths=depths, dims=dims), **kwargs))
-
-
 @register_model
 def unireplknet_a(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return _variant('unireplknet_a', (2, 2, 6, 2), (40, 80, 160, 320), pretrained, **kwargs)
+    model_args = dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320))
+    return _create_unireplknet('unireplknet_a', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def unireplknet_f(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return _variant('unireplknet_f', (2, 2, 6, 2), (48, 96, 192, 384), pretrained, **kwargs)
+    model_args = dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384))
+    return _create_unireplknet('unireplknet_f', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def unireplknet_p(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return _variant('unireplknet_p', (2, 2, 6, 2), (64, 128, 256, 512), pretrained, **kwargs)
+    model_args = dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512))
+    return _create_unireplknet('unireplknet_p', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def unireplknet_n(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return _variant('unireplknet_n', (2, 2, 8, 2), (80, 160, 320, 640), pretrained, **kwargs)
+    model_args = dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640))
+    return _create_unireplknet('unireplknet_n', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def unireplknet_t(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return _variant('unireplknet_t', (3, 3, 18, 3), (80, 160, 320, 640), pretrained, **kwargs)
+    model_args = dict(depths=(3, 3, 18, 3), dims=(80, 160, 320, 640))
+    return _create_unireplknet('unireplknet_t', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def unireplknet_s(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return _variant('unireplknet_s', (3, 3, 27, 3), (96, 192, 384, 768), pretrained, **kwargs)
+    model_args = dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768))
+    return _create_unireplknet('unireplknet_s', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def unireplknet_b(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return _variant('unireplknet_b', (3, 3, 27, 3), (128, 256, 512, 1024), pretrained, **kwargs)
+    model_args = dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024))
+    return _create_unireplknet('unireplknet_b', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def unireplknet_l(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return _variant('unireplknet_l', (3, 3, 27, 3), (192, 384, 768, 1536), pretrained, **kwargs)
+    model_args = dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536))
+    return _create_unireplknet('unireplknet_l', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def unireplknet_xl(pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return _variant('unireplknet_xl', (3, 3, 27, 3), (256, 512, 1024, 2048), pretrained, **kwargs)
+    model_args = dict(depths=(3, 3, 27, 3), dims=(256, 512, 1024, 2048))
+    return _create_unireplknet('unireplknet_xl', pretrained=pretrained, **dict(model_args, **kwargs))
