@@ -1,0 +1,201 @@
+"""S4D layer: golden outputs of the official layers, initializations, kernel accuracy, optimizer hints, errors."""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from zoo.models.s4d import S4D, S4DKernel, legs_diagonal, s4d_init, vandermonde_real
+
+FIXTURES = Path(__file__).parent / 'fixtures' / 's4d'
+BLOCK_FIXTURES = sorted(FIXTURES.glob('block_*.pt'))
+OFFICIAL_INIT_NAMES = {'diag-lin': 'lin', 'diag-inv': 'inv', 'legs': 'legs', 'diag-real': 'real'}
+
+
+def _load(path):
+    return torch.load(path, weights_only=True)
+
+
+def _from_official_block(sd):
+    """State dict of the official `models/s4/s4.py::S4Block(mode='diag', dt_transform='exp')` in this layer's layout.
+
+    The official layer stores A = -exp(A_real) - i A_imag and 2-D projection weights; ours A = -exp(log_A_real) +
+    i A_imag and a 1x1 conv.
+    """
+    D = sd['layer.D']
+    C = sd['layer.kernel.C']
+    return {
+        'D': D[0] if D.shape[0] == 1 else D,
+        'kernel.log_dt': sd['layer.kernel.inv_dt'][:, 0],
+        'kernel.log_A_real': sd['layer.kernel.A_real'],
+        'kernel.A_imag': -sd['layer.kernel.A_imag'],
+        'kernel.B': sd['layer.kernel.B'][0],
+        'kernel.C': C[0] if C.shape[0] == 1 else C,
+        'output_linear.0.weight': sd['output_linear.0.weight'].unsqueeze(-1),
+        'output_linear.0.bias': sd['output_linear.0.bias'],
+    }
+
+
+def _ours_for_block(kw, **extra):
+    return S4D(
+        kw['d_model'], kw['d_state'], init=OFFICIAL_INIT_NAMES[kw['init']], disc=kw['disc'],
+        bidirectional=kw['bidirectional'], channels=kw.get('channels', 1), n_ssm=kw['n_ssm'], learn_B=True, **extra)
+
+
+def test_minimal_official_state_dict_loads_and_matches():
+    fx = _load(FIXTURES / 'minimal_s4d.pt')
+    layer = S4D(**fx['kwargs']).eval()
+    layer.load_state_dict(fx['state_dict'])  # strict: same names and shapes as the official minimal layer
+    with torch.no_grad():
+        torch.testing.assert_close(layer(fx['input']), fx['output'], rtol=1e-4, atol=1e-5)
+    assert {k: tuple(v.shape) for k, v in layer.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in fx['state_dict'].items()}
+
+
+@pytest.mark.parametrize('path', BLOCK_FIXTURES, ids=[p.stem for p in BLOCK_FIXTURES])
+def test_official_block_outputs(path):
+    fx = _load(path)
+    layer = _ours_for_block(fx['kwargs']).eval()
+    layer.load_state_dict(_from_official_block(fx['state_dict']))
+    with torch.no_grad():
+        torch.testing.assert_close(layer(fx['input']), fx['output'], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('path', BLOCK_FIXTURES, ids=[p.stem for p in BLOCK_FIXTURES])
+def test_initialization_matches_official(path):
+    """Deterministic parts of the init equal the official ones (ours is the complex conjugate system)."""
+    fx = _load(path)
+    sd = fx['state_dict']
+    kernel = _ours_for_block(fx['kwargs']).kernel
+    torch.testing.assert_close(kernel.log_A_real, sd['layer.kernel.A_real'])
+    torch.testing.assert_close(kernel.A_imag, sd['layer.kernel.A_imag'], rtol=1e-5, atol=1e-4)
+    official_B = torch.view_as_complex(sd['layer.kernel.B'][0])
+    torch.testing.assert_close(torch.view_as_complex(kernel.B), official_B.conj(), rtol=1e-4, atol=1e-4)
+    assert kernel.C.shape == _from_official_block(sd)['kernel.C'].shape
+    dt = kernel.log_dt.exp()
+    assert dt.min() >= 1e-3 and dt.max() <= 1e-1
+
+
+def test_named_initializations():
+    real, imag, B = s4d_init('lin', 8, 1)
+    torch.testing.assert_close(imag[0], math.pi * torch.arange(4.0))
+    assert torch.all(real == -0.5) and torch.all(B == 1)
+    _, imag, _ = s4d_init('inv', 8, 1)
+    torch.testing.assert_close(imag[0], 8 / math.pi * (8 / (2 * torch.arange(4.0) + 1) - 1))
+    real, imag, _ = s4d_init('real', 8, 1)
+    torch.testing.assert_close(real[0], -(torch.arange(4.0) + 1))
+    assert torch.all(imag == 0)
+    _, imag, _ = s4d_init('rand', 8, 3)
+    assert imag.shape == (3, 4) and torch.all(imag > 0)
+    imag, B = legs_diagonal(64)
+    assert imag.shape == (32,) and torch.all(imag > 0) and torch.all(B.imag.abs() <= 2.0)
+
+
+def _naive_kernel(kernel: S4DKernel, L: int) -> torch.Tensor:
+    """The textbook kernel in complex128: materializes exp(l * log z) for every mode and lag."""
+    k = kernel.double()
+    dt = k.log_dt.exp()[:, None]
+    A = torch.complex(-k.log_A_real.exp(), k.A_imag).repeat(k.d_model // k.n_ssm, 1)
+    dtA = A * dt
+    C = torch.view_as_complex(k.C).reshape(k.channels, k.d_model, -1)
+    lags = torch.arange(L, dtype=torch.float64)
+    if k.disc == 'zoh':
+        coef, log_z, scale = C * (dtA.exp() - 1) / A, dtA, 2
+    elif k.disc == 'bilinear':
+        coef, log_z, scale = C * dt / (1 - dtA / 2), ((1 + dtA / 2) / (1 - dtA / 2)).log(), 2
+    else:
+        denom = ((dtA * L).exp() - 1) * A  # DSS regularizes 1 / denom with 1e-7
+        coef, log_z, scale = C * (dtA.exp() - 1) * denom.conj() / (denom.abs() ** 2 + 1e-7), dtA, 1
+    return scale * torch.einsum('chn,hnl->chl', coef, (log_z[..., None] * lags).exp()).real
+
+
+@pytest.mark.parametrize('disc', ['zoh', 'bilinear', 'dss'])
+@pytest.mark.parametrize('L', [1, 7, 1000])
+def test_blocked_kernel_matches_naive_complex(disc, L):
+    torch.manual_seed(0)
+    kernel = S4DKernel(16, 32, channels=2, init='inv', disc=disc, dt_min=1e-3, dt_max=1e-1)
+    with torch.no_grad():
+        ours = kernel(L).double()
+        reference = _naive_kernel(kernel, L)
+    assert ours.shape == (2, 16, L)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-4 * reference.abs().max().item())  # float32 vs float64
+
+
+def test_vandermonde_real_against_complex_powers():
+    torch.manual_seed(0)
+    coef = torch.randn(1, 3, 5, dtype=torch.complex128)
+    log_z = torch.complex(-torch.rand(3, 5), torch.randn(3, 5)).to(torch.complex128)
+    L = 37
+    expected = torch.einsum('chn,hnl->chl', coef, (log_z[..., None] * torch.arange(L)).exp()).real
+    torch.testing.assert_close(vandermonde_real(coef, log_z, L), expected)
+
+
+def test_ssm_parameters_carry_their_optimizer_settings():
+    layer = S4D(8, 16, learn_B=True)
+    for name in ('log_dt', 'log_A_real', 'A_imag', 'B'):
+        assert getattr(layer.kernel, name)._optim == {'lr': 1e-3, 'weight_decay': 0.0}
+    assert not hasattr(layer.kernel.C, '_optim') and not hasattr(layer.D, '_optim')
+
+    layer = S4D(8, 16, learn_B=True, lr={'dt': None, 'A': 5e-4, 'B': 0.0})
+    assert layer.kernel.log_dt._optim == {'weight_decay': 0.0}
+    assert layer.kernel.A_imag._optim == {'lr': 5e-4, 'weight_decay': 0.0}
+    assert 'kernel.B' in dict(layer.named_buffers()) and 'kernel.B' not in dict(layer.named_parameters())
+
+    frozen = S4D(8, 16, lr=0.0)
+    assert {n for n, _ in frozen.named_parameters()} == {'D', 'kernel.C', 'output_linear.0.weight',
+                                                         'output_linear.0.bias'}
+
+
+def test_folded_B_keeps_the_initial_kernel():
+    """Without a B parameter, B is folded into C: the LegS kernel at init is the same either way."""
+    torch.manual_seed(0)
+    with_B = S4D(8, 16, init='legs', learn_B=True)
+    torch.manual_seed(0)
+    folded = S4D(8, 16, init='legs')
+    assert folded.kernel.B is None
+    with torch.no_grad():
+        torch.testing.assert_close(folded.compute_kernel(50), with_B.compute_kernel(50))
+
+
+def test_layouts_options_and_gradients():
+    torch.manual_seed(0)
+    layer = S4D(8, 16, bidirectional=True, channels=2, n_ssm=4, disc='bilinear', init='legs', learn_B=True,
+                dropout=0.1, transposed=False)
+    assert isinstance(layer.dropout, nn.Dropout1d)
+    assert isinstance(S4D(8, 16, dropout=0.1, tie_dropout=False).dropout, nn.Dropout)
+    x = torch.randn(2, 40, 8)
+    y = layer(x)
+    assert y.shape == x.shape
+    y.square().mean().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+    layer.eval()
+    transposed = S4D(8, 16, bidirectional=True, channels=2, n_ssm=4, disc='bilinear', init='legs', learn_B=True)
+    transposed.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(transposed.eval()(x.transpose(1, 2)), layer(x).transpose(1, 2))
+    assert S4D(8, 16, glu=False).output_linear.weight.shape == (8, 8, 1)
+
+
+def test_causality_unidirectional():
+    layer = S4D(4, 8).eval()
+    x = torch.randn(1, 4, 30)
+    x2 = x.clone()
+    x2[..., 20:] += 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x)[..., :20], layer(x2)[..., :20])
+
+
+def test_errors():
+    with pytest.raises(ValueError, match='init'):
+        S4D(4, 8, init='hippo')
+    with pytest.raises(ValueError, match='discretization'):
+        S4D(4, 8, disc='euler')
+    with pytest.raises(ValueError, match='even'):
+        S4D(4, 7)
+    with pytest.raises(ValueError, match='n_ssm'):
+        S4D(4, 8, n_ssm=3)
+    with pytest.raises(ValueError, match='H=4'):
+        S4D(4, 8)(torch.randn(1, 5, 10))
