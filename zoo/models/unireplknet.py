@@ -25,7 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, SelectAdaptivePool2d, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import (
+    build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model, register_notrace_module)
 from timm.models._features import feature_take_indices
 
 import kernels
@@ -79,6 +80,7 @@ def _dilate_kernel(weight: torch.Tensor, dilation: int) -> torch.Tensor:
     return dense
 
 
+@register_notrace_module  # an FX leaf: traced graphs keep the module, so they stay scriptable
 class DepthwiseConv2d(nn.Module):
     """Stride-1 'same' depthwise conv computed by `kernels.dwconv2d` (official key layout: `weight`, `bias`)."""
 
@@ -567,7 +569,7 @@ class UniRepLKNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)
-        if x.dim() == 4:  # global_pool='': no pooling, norm and classifier act per position
+        if self.global_pool.is_identity():  # global_pool='': no pooling, norm and classifier act per position
             x = self._norm_map(x)
             x = self.head_drop(x)
             if pre_logits:
