@@ -1,4 +1,5 @@
 """Importing this package registers every zoo architecture with timm."""
+from ._registry import image_model_names, sequence_model_names, zoo_model_names  # noqa: F401
 from . import inceptionnext  # noqa: F401
 from . import unireplknet  # noqa: F401
 from . import liegroup  # noqa: F401

@@ -1,0 +1,1 @@
+"""LightningDataModules: bundled digits, affine digits, ImageNet / ImageFolder trees, LRA tasks."""
