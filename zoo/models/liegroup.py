@@ -363,15 +363,18 @@ def group_max_pool2d(x: torch.Tensor) -> torch.Tensor:
 
 
 class LiftingStem(nn.Module):
-    """Lifting conv (no padding: the release found padding hurts on affNIST) -> LayerNorm3d -> GELU."""
+    """Lifting conv (no padding: the release found padding hurts on affNIST) -> LayerNorm3d -> GELU
+    (-> 2x2 max pool when `pool`, a CPU-budget option that quarters the cost of the next layers)."""
 
-    def __init__(self, conv: nn.Module):
+    def __init__(self, conv: nn.Module, pool: bool = False):
         super().__init__()
         self.conv = conv
         self.act = nn.GELU()
+        self.pool = pool
 
     def forward(self, x: torch.Tensor, g_out_inv: Optional[torch.Tensor]) -> torch.Tensor:
-        return self.act(layer_norm_3d(self.conv(x, g_out_inv)))
+        x = self.act(layer_norm_3d(self.conv(x, g_out_inv)))
+        return group_max_pool2d(x) if self.pool else x
 
 
 class ResidualStage(nn.Module):
@@ -451,6 +454,7 @@ class LieGroupResNet(nn.Module):
         group: 'sl2', 'gl2', or 'none' for the plain CNN baseline (ordinary learned kernels, one sample).
         num_samples: group samples N per sampled layer (the paper: 10). Compute grows as N^2.
         width: channels of every layer (the paper: 40); depth: residual stages (the paper: 1).
+        stem_pool: 2x2 max pool after the stem (not in the paper; the small CPU configurations use it).
         rotation_sampler, rotation_range, spd_spread: see `GroupSampler`.
         eval_seed: seed of the fixed evaluation samples. eval_resample: draw new samples at every eval call, as the
             release does (non-deterministic predictions).
@@ -464,6 +468,7 @@ class LieGroupResNet(nn.Module):
             width: int = 40,
             depth: int = 1,
             kernel_size: int = 5,
+            stem_pool: bool = False,
             in_chans: int = 1,
             num_classes: int = 10,
             global_pool: str = 'max',
@@ -502,16 +507,18 @@ class LieGroupResNet(nn.Module):
             lift = partial(LiftingConv2d, group=group, kernel_mlp=kernel_mlp)
             conv = partial(GroupConv2d, group=group, kernel_mlp=kernel_mlp)
         k = kernel_size
-        self.stem = LiftingStem(lift(in_chans, width, k, padding=0))
+        self.stem_pool = stem_pool
+        self.stem = LiftingStem(lift(in_chans, width, k, padding=0), pool=stem_pool)
         stages = [ResidualStage(conv(width, width, k, padding=k // 2), conv(width, width, k, padding=k // 2))
                   for _ in range(depth)]
         stages.append(ConvStage(conv(width, width, k, padding=0)))
         self.stages = nn.Sequential(*stages)
         self.head = MlpHead(width, head_hidden_size, num_classes, global_pool, drop_rate)
 
-        self.feature_info = [dict(num_chs=width, reduction=1, module='stem')]
-        self.feature_info += [dict(num_chs=width, reduction=2 ** (i + 1), module=f'stages.{i}') for i in range(depth)]
-        self.feature_info.append(dict(num_chs=width, reduction=2 ** depth, module=f'stages.{depth}'))
+        r = 2 if stem_pool else 1
+        self.feature_info = [dict(num_chs=width, reduction=r, module='stem')]
+        self.feature_info += [dict(num_chs=width, reduction=r * 2 ** (i + 1), module=f'stages.{i}') for i in range(depth)]
+        self.feature_info.append(dict(num_chs=width, reduction=r * 2 ** depth, module=f'stages.{depth}'))
 
         # Fixed evaluation samples (g, g^-1) for the lifting layer and the final conv: (2, 2, N, 2, 2).
         # Not persistent: they are a function of (eval_seed, sampler, N), so checkpoints stay sampler-agnostic.
@@ -566,12 +573,13 @@ class LieGroupResNet(nn.Module):
 
     def _check_input(self, x: torch.Tensor):
         k = self.kernel_size
-        min_size = 2 ** self.depth * k + k  # enough pixels for the stem, the pools and the last conv
+        # Smallest size that leaves >= 1 pixel after the stem conv, the pools and the last conv.
+        min_size = k * 2 ** (self.depth + self.stem_pool) + k - 1
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"expected (B, {self.in_chans}, H, W) images, got {tuple(x.shape)}")
         if min(x.shape[-2:]) < min_size:
-            raise ValueError(f"images must be at least {min_size}x{min_size} for kernel {k} and "
-                             f"{self.depth} pooling stage(s), got {tuple(x.shape[-2:])}")
+            raise ValueError(f"images must be at least {min_size}x{min_size} for kernel {k}, "
+                             f"{self.depth} pooling stage(s) and stem_pool={self.stem_pool}, got {tuple(x.shape[-2:])}")
 
     def _run_stage(self, stage: nn.Module, *args):
         if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -679,10 +687,13 @@ def _cfg(**kwargs):
 default_cfgs = generate_default_cfgs({
     'liegroup_sl2': _cfg(description='R^2 x SL(2,R) GResNet, paper configuration (width 40, 10 samples)'),
     'liegroup_gl2': _cfg(description='R^2 x GL+(2,R) GResNet, paper configuration (width 40, 10 samples)'),
-    'liegroup_sl2_small': _cfg(description='R^2 x SL(2,R) GResNet, CPU configuration (width 16, 4 samples)'),
-    'liegroup_gl2_small': _cfg(description='R^2 x GL+(2,R) GResNet, CPU configuration (width 16, 4 samples)'),
+    'liegroup_sl2_small': _cfg(
+        pool_size=(5, 5), description='R^2 x SL(2,R) GResNet, CPU configuration (width 16, 4 samples, stem pool)'),
+    'liegroup_gl2_small': _cfg(
+        pool_size=(5, 5), description='R^2 x GL+(2,R) GResNet, CPU configuration (width 16, 4 samples, stem pool)'),
     'liegroup_cnn': _cfg(description='plain CNN with the GResNet layout, parameter count of liegroup_sl2'),
-    'liegroup_cnn_small': _cfg(description='plain CNN with the GResNet layout, parameter count of the small ones'),
+    'liegroup_cnn_small': _cfg(
+        pool_size=(5, 5), description='plain CNN with the small GResNet layout and parameter count'),
 })
 
 
@@ -710,13 +721,13 @@ def liegroup_gl2(pretrained=False, **kwargs) -> LieGroupResNet:
 
 @register_model
 def liegroup_sl2_small(pretrained=False, **kwargs) -> LieGroupResNet:
-    model_args = dict(group='sl2', num_samples=4, width=16)
+    model_args = dict(group='sl2', num_samples=4, width=16, stem_pool=True)
     return _create_liegroup('liegroup_sl2_small', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def liegroup_gl2_small(pretrained=False, **kwargs) -> LieGroupResNet:
-    model_args = dict(group='gl2', num_samples=4, width=16)
+    model_args = dict(group='gl2', num_samples=4, width=16, stem_pool=True)
     return _create_liegroup('liegroup_gl2_small', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
@@ -728,5 +739,5 @@ def liegroup_cnn(pretrained=False, **kwargs) -> LieGroupResNet:
 
 @register_model
 def liegroup_cnn_small(pretrained=False, **kwargs) -> LieGroupResNet:
-    model_args = dict(group='none', width=32)
+    model_args = dict(group='none', width=32, stem_pool=True)
     return _create_liegroup('liegroup_cnn_small', pretrained=pretrained, **dict(model_args, **kwargs))
