@@ -1,0 +1,126 @@
+"""LRA Text: IMDB movie-review sentiment at byte (character) level, L = 4096 (S4 pipeline).
+
+Characters are tokens; the vocabulary keeps characters seen at least ``min_freq`` = 15 times in train (~135 with
+specials); each review is cut to l_max - 1 characters and gets an EOS. As in LRA and S4 (``val_split 0.0``), the
+25k test reviews double as the validation split.
+
+Accepted layouts under ``data_dir`` (first match wins):
+  * Hugging Face ``imdb`` parquet: ``plain_text/{train,test}-*.parquet`` or ``{train,test}-*.parquet``
+    (columns ``text``, ``label``);
+  * Hugging Face ``datasets`` arrow shards (``save_to_disk`` or cache): ``**/imdb-{train,test}*.arrow`` or
+    ``{train,test}/data-*.arrow``;
+  * the original ``aclImdb/{train,test}/{neg,pos}/*.txt`` tree (label 0 = neg, 1 = pos).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .common import (LRADataError, LRADataModule, RaggedTokens, TokenDataset, Vocab, check_label, collate_tokens,
+                     missing_data_error, truncate_tokens)
+
+EXPECTED = ['plain_text/train-00000-of-00001.parquet and plain_text/test-00000-of-00001.parquet (HF imdb)',
+            'or train/data-*.arrow and test/data-*.arrow (HF datasets save_to_disk)',
+            'or aclImdb/train/{neg,pos}/*.txt and aclImdb/test/{neg,pos}/*.txt']
+
+
+def _find(root: Path, patterns) -> list[Path]:
+    for pattern in patterns:
+        found = sorted(root.glob(pattern))
+        if found:
+            return found
+    return []
+
+
+def read_table_files(files: list[Path], columns: tuple[str, ...]):
+    """Rows of parquet / arrow files as dict of lists (pyarrow)."""
+    try:
+        import pyarrow.ipc
+        import pyarrow.parquet
+    except ImportError:
+        raise LRADataError('reading parquet/arrow files needs pyarrow (pip install pyarrow)') from None
+    out = {c: [] for c in columns}
+    for f in files:
+        try:
+            if f.suffix == '.parquet':
+                table = pyarrow.parquet.read_table(f, columns=list(columns))
+            else:
+                with open(f, 'rb') as handle:
+                    try:
+                        table = pyarrow.ipc.open_stream(handle).read_all()
+                    except pyarrow.ArrowInvalid:
+                        handle.seek(0)
+                        table = pyarrow.ipc.open_file(handle).read_all()
+        except Exception as e:  # pyarrow raises several types for damaged files
+            raise LRADataError(f'{f}: cannot read table ({type(e).__name__}: {e})') from None
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise LRADataError(f'{f}: missing columns {missing}; found {table.column_names}')
+        for c in columns:
+            out[c].extend(table.column(c).to_pylist())
+    return out
+
+
+def read_imdb_split(root: Path, split: str):
+    """(texts, labels, source names) of one split from whichever supported layout is present."""
+    tables = _find(root, [f'plain_text/{split}-*.parquet', f'{split}-*.parquet', f'**/imdb/**/{split}-*.parquet'])
+    if not tables:
+        tables = _find(root, [f'{split}/data-*.arrow', f'**/imdb-{split}*.arrow'])
+    if tables:
+        cols = read_table_files(tables, ('text', 'label'))
+        where = [f'{tables[0]} row {i}' if len(tables) == 1 else f'{root} {split} row {i}'
+                 for i in range(len(cols['text']))]
+        return cols['text'], [check_label(str(v), 2, w) for v, w in zip(cols['label'], where)], where
+    tree = root / 'aclImdb' / split
+    if (tree / 'neg').is_dir() and (tree / 'pos').is_dir():
+        texts, labels, where = [], [], []
+        for label, sub in enumerate(('neg', 'pos')):
+            for f in sorted((tree / sub).glob('*.txt')):
+                try:
+                    texts.append(f.read_text(encoding='utf-8'))
+                except UnicodeDecodeError as e:
+                    raise LRADataError(f'{f}: not UTF-8 text ({e})') from None
+                labels.append(label)
+                where.append(str(f))
+        return texts, labels, where
+    raise missing_data_error('text (IMDB)', root, EXPECTED, 'Download the Hugging Face "imdb" dataset files '
+                             '(or aclImdb_v1.tar.gz) and point data_dir at them.')
+
+
+class IMDBDataModule(LRADataModule):
+    """IMDB bytes: 2 classes, tokens (B, L <= 4096) with lengths; val = test as in LRA."""
+
+    task = 'text'
+    num_classes = 2
+    collate_fn = staticmethod(collate_tokens)
+
+    def __init__(self, data_dir: str, l_max: int = 4096, min_freq: int = 15, append_eos: bool = True,
+                 overlength: str = 'truncate', **loader_kw):
+        super().__init__(data_dir, **loader_kw)
+        self.seq_len, self.min_freq, self.append_eos, self.overlength = l_max, min_freq, append_eos, overlength
+        self.vocab, self.overlong = None, {}
+
+    @property
+    def vocab_size(self) -> int:
+        self.setup()
+        return len(self.vocab)
+
+    def _load(self):
+        raw = {s: read_imdb_split(self.data_dir, s) for s in ('train', 'test')}
+        self.vocab = Vocab.build((list(t) for t in raw['train'][0]), min_freq=self.min_freq)
+        max_tokens = self.seq_len - int(self.append_eos)
+        splits = {}
+        for split, (texts, labels, where) in raw.items():
+            seqs, kept = [], []
+            self.overlong[split] = sum(len(t) > max_tokens for t in texts)
+            for text, label, w in zip(texts, labels, where):
+                tokens = truncate_tokens(list(text), max_tokens, self.overlength, w)
+                if tokens is not None:
+                    seqs.append(self.vocab.encode(tokens, eos=self.append_eos))
+                    kept.append(label)
+            splits[split] = TokenDataset([RaggedTokens.from_list(seqs)], np.asarray(kept))
+        return splits['train'], splits['test'], splits['test']
+
+    def extra_stats(self) -> dict:
+        return {'overlength': self.overlength, 'overlong_count': self.overlong, 'val_is_test': True}
