@@ -22,8 +22,8 @@ VARIANTS = ['unireplknet_a', 'unireplknet_f', 'unireplknet_p', 'unireplknet_n', 
 # name: 'mixed' has every block type (3x3, 5x5, no dw conv, a Dilated Reparam Block of every size 7..17),
 # 'nols' has no layer scale and several blocks per stage.
 FIXTURE_CFGS = {
-    'mixed': dict(depths=(1, 1, 8, 1), dims=(8, 8, 8, 8), kernel_sizes=((3,), (13,), (17, 3, 15, 11, 9, 7, 5, 0), (13,)),
-                  num_classes=10),
+    'mixed': dict(depths=(1, 1, 8, 1), dims=(8, 8, 8, 8),
+                  kernel_sizes=((3,), (13,), (17, 3, 15, 11, 9, 7, 5, 0), (13,)), num_classes=10),
     'nols': dict(depths=(2, 1, 2, 1), dims=(4, 4, 8, 8), kernel_sizes=((3, 5), (7,), (13, 3), (11,)), num_classes=7,
                  layer_scale_init_value=0),
 }
@@ -120,7 +120,8 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match='no official kernel sizes'):
         timm.create_model('unireplknet_a', depths=(1, 1, 1, 1))
     with pytest.raises(ValueError, match='kernel size must be one of'):
-        timm.create_model('unireplknet_a', depths=(1, 1, 1, 1), dims=(8, 8, 8, 8), kernel_sizes=((3,), (4,), (3,), (3,)))
+        timm.create_model('unireplknet_a', depths=(1, 1, 1, 1), dims=(8, 8, 8, 8),
+                          kernel_sizes=((3,), (4,), (3,), (3,)))
     with pytest.raises(ValueError, match='do not match depths'):
         timm.create_model('unireplknet_a', kernel_sizes=((3,), (13,), (13,), (13,)))
     with pytest.raises(ValueError, match='kernel_backend'):
@@ -225,11 +226,13 @@ def test_deploy_checkpoint_into_training_model_fails():
 
 
 def test_checkpoint_of_another_variant_fails():
-    with pytest.raises(ValueError, match=r'dims \(8, 8, 8, 8\), depths \(1, 1, 8, 1\)'):
+    with pytest.raises(ValueError, match=r"dims \(8, 8, 8, 8\), depths \(1, 1, 8, 1\)"):
         _from_fixture('mixed', **{k: v for k, v in FIXTURE_CFGS['nols'].items() if k != 'num_classes'},
                       num_classes=10)
     with pytest.raises(ValueError, match='shapes do not match'):  # same keys, other widths
         _from_fixture('mixed', dims=(8, 8, 8, 16))
+    with pytest.raises(ValueError, match='shapes do not match'):  # also on the way to a deploy-form model
+        _from_fixture('mixed', dims=(8, 8, 8, 16), deploy=True)
 
 
 def test_foreign_head_is_dropped_with_a_warning(caplog):

@@ -621,17 +621,43 @@ def _unwrap(checkpoint: Dict) -> Dict[str, torch.Tensor]:
     return state_dict
 
 
+_HEAD_PREFIXES = ('norm.', 'head.')  # the classifier side: replaceable; everything else must match exactly
+
+
+def _check_backbone(state_dict: Dict[str, torch.Tensor], reference: Dict[str, torch.Tensor]):
+    """ValueError unless `state_dict` has the keys and shapes of `reference` outside the head."""
+    ckpt_keys = {k for k in state_dict if not k.startswith(_HEAD_PREFIXES)}
+    ref_keys = {k for k in reference if not k.startswith(_HEAD_PREFIXES)}
+    described = f'checkpoint has {_describe(state_dict)}, the model {_describe(reference)}'
+    if ckpt_keys != ref_keys:
+        raise ValueError(
+            f'UniRepLKNet: checkpoint does not match this model: {described}; missing '
+            f'{sorted(ref_keys - ckpt_keys)[:5]}, unexpected {sorted(ckpt_keys - ref_keys)[:5]}')
+    mismatched = [
+        f'{k}: {tuple(state_dict[k].shape)} vs {tuple(reference[k].shape)}' for k in ref_keys
+        if state_dict[k].shape != reference[k].shape
+        # another number of input channels: timm adapts the first conv after this filter
+        and not (k == 'downsample_layers.0.0.weight' and state_dict[k].shape[0] == reference[k].shape[0])
+    ]
+    if mismatched:
+        raise ValueError(
+            f'UniRepLKNet: checkpoint shapes do not match this model ({described}): '
+            + '; '.join(sorted(mismatched)[:5]))
+
+
 def _reparameterize_state_dict(state_dict: Dict[str, torch.Tensor], model: UniRepLKNet) -> Dict[str, torch.Tensor]:
-    """Training-form official state dict -> the deploy-form state dict of the same network."""
+    """Training-form official state dict -> the deploy-form state dict of the same network (as `model` is built)."""
     args = dict(model._arch_args)
     args['in_chans'] = state_dict['downsample_layers.0.0.weight'].shape[1]
     args['layer_scale_init_value'] = 1e-6 if any(re.match(r'^stages\.\d+\.\d+\.gamma$', k) for k in state_dict) \
         else None
     num_classes = state_dict['head.weight'].shape[0] if 'head.weight' in state_dict else 0
-    twin = UniRepLKNet(num_classes=num_classes, deploy=False, device='meta', **args)  # storage comes from the file
-    twin.load_state_dict(state_dict, strict=True, assign=True)
+    # A training-form twin on the meta device: its storage comes from the checkpoint (no allocation, no init).
+    twin = UniRepLKNet(num_classes=num_classes, deploy=False, device='meta', **args)
+    _check_backbone(state_dict, twin.state_dict())
+    twin.load_state_dict(state_dict, strict=False, assign=True)
     twin.reparameterize_unireplknet()
-    return twin.state_dict()
+    return {k: v for k, v in twin.state_dict().items() if not v.is_meta}  # a head the checkpoint lacked stays out
 
 
 def checkpoint_filter_fn(state_dict: Dict, model: UniRepLKNet) -> Dict[str, torch.Tensor]:
@@ -641,8 +667,8 @@ def checkpoint_filter_fn(state_dict: Dict, model: UniRepLKNet) -> Dict[str, torc
       official detection / segmentation checkpoints);
     - training-form checkpoint into a deploy-form model: reparameterized here, as the official code would;
     - deploy-form checkpoint into a training-form model: ValueError (the fold cannot be undone);
-    - a classifier of another size (e.g. the 21841-class ImageNet-22K head into a 1000-class model): the backbone
-      loads, the head keeps its fresh initialisation, and a warning says so;
+    - a head of another size or none (e.g. the 21841-class ImageNet-22K classifier into a 1000-class model): the
+      backbone loads, the head keeps its fresh initialisation, and a warning says so;
     - a different variant (other widths / depths / kernel sizes): ValueError naming both.
     """
     state_dict = _unwrap(state_dict)
@@ -652,40 +678,21 @@ def checkpoint_filter_fn(state_dict: Dict, model: UniRepLKNet) -> Dict[str, torc
         raise ValueError(
             'UniRepLKNet: this checkpoint is in deploy (reparameterized) form; build the model with deploy=True '
             'to load it (a reparameterized network cannot be unfolded into its training branches)')
-
-    ckpt_backbone = {k for k in state_dict if not k.startswith('head.')}
-    model_backbone = {k for k in model_sd if not k.startswith('head.')}
-    if ckpt_backbone != model_backbone and not (ckpt_training and not model_training):
-        raise ValueError(
-            f'UniRepLKNet: checkpoint does not match this model: checkpoint has {_describe(state_dict)}, the model '
-            f'{_describe(model_sd)}; missing {sorted(model_backbone - ckpt_backbone)[:5]}, '
-            f'unexpected {sorted(ckpt_backbone - model_backbone)[:5]}')
     if ckpt_training and not model_training:
         state_dict = _reparameterize_state_dict(state_dict, model)
-        if {k for k in state_dict if not k.startswith('head.')} != model_backbone:
-            raise ValueError(
-                f'UniRepLKNet: checkpoint does not match this model: checkpoint has {_describe(state_dict)}, '
-                f'the model {_describe(model_sd)}')
+    _check_backbone(state_dict, model_sd)
 
-    mismatched = [
-        f'{k}: {tuple(v.shape)} vs {tuple(model_sd[k].shape)}' for k, v in state_dict.items()
-        if k in model_backbone and v.shape != model_sd[k].shape
-        and not (k == 'downsample_layers.0.0.weight' and v.shape[0] == model_sd[k].shape[0])  # in_chans: timm adapts
-    ]
-    if mismatched:
-        raise ValueError(
-            f'UniRepLKNet: checkpoint shapes do not match this model (checkpoint {_describe(state_dict)}, model '
-            f'{_describe(model_sd)}): ' + '; '.join(mismatched[:5]))
-
-    ckpt_head = {k: v for k, v in state_dict.items() if k.startswith('head.')}
-    model_head = {k: v for k, v in model_sd.items() if k.startswith('head.')}
-    if {k: v.shape for k, v in ckpt_head.items()} != {k: v.shape for k, v in model_head.items()}:
-        ckpt_classes = ckpt_head['head.weight'].shape[0] if 'head.weight' in ckpt_head else 0
-        _logger.warning(
-            f'UniRepLKNet: the checkpoint classifier has {ckpt_classes} classes and the model '
-            f'{model.num_classes}: the classifier was dropped (backbone loaded, head freshly initialised)')
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith('head.')}
-        state_dict.update(model_head)
+    for prefix in _HEAD_PREFIXES:
+        ckpt_part = {k: v.shape for k, v in state_dict.items() if k.startswith(prefix)}
+        model_part = {k: v for k, v in model_sd.items() if k.startswith(prefix)}
+        if ckpt_part != {k: v.shape for k, v in model_part.items()}:
+            shapes = ckpt_part.get(prefix + 'weight', 'none')
+            _logger.warning(
+                f'UniRepLKNet: checkpoint `{prefix[:-1]}` ({shapes}) does not fit this model '
+                f'(num_classes={model.num_classes}): the classifier was dropped (backbone loaded, '
+                f'`{prefix[:-1]}` freshly initialised)')
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
+            state_dict.update(model_part)
     return state_dict
 
 
