@@ -3,3 +3,4 @@ from ._registry import image_model_names, sequence_model_names, zoo_model_names 
 from . import inceptionnext  # noqa: F401
 from . import unireplknet  # noqa: F401
 from . import liegroup  # noqa: F401
+from . import seqnet  # noqa: F401  (S4D and SGConv sequence classifiers)
