@@ -14,7 +14,9 @@ Work decomposition (one program = one block of channels of one segment x one spa
 Both memory formats are handled through strides; the tile shape follows the layout (pixel-major tiles for NCHW,
 channel-major tiles for channels_last) so loads are coalesced along the contiguous axis.
 """
+import functools
 import os
+from typing import Optional
 
 import torch
 import triton
@@ -166,13 +168,17 @@ def pick_tiles(channels: int, h: int, w: int, channels_last: bool) -> tuple[int,
     return block_c, tile_h, tile_w
 
 
-def segment_table(segments, block_c: int, device) -> torch.Tensor:
-    """One row per channel block: (c_begin, c_end, kh, kw, pad_h, pad_w, weight offset of c_begin)."""
+@functools.lru_cache(maxsize=256)
+def segment_table(segments: tuple, block_c: int, device: torch.device) -> torch.Tensor:
+    """One row per channel block: (c_begin, c_end, kh, kw, pad_h, pad_w, weight offset of c_begin).
+
+    Cached per shape so steady-state calls do no host-to-device copy (and stay CUDA-graph friendly).
+    """
     rows = []
     for c_begin, c_end, kh, kw, ph, pw, w_off in segments:
         for c in range(c_begin, c_end, block_c):
             rows.append((c, c_end, kh, kw, ph, pw, w_off + (c - c_begin) * kh * kw))
-    return torch.tensor(rows, dtype=torch.int32).to(device, non_blocking=True)
+    return torch.tensor(rows, dtype=torch.int32, device=device)
 
 
 def _num_sms(device) -> int:
@@ -186,8 +192,19 @@ def _out_like(x: torch.Tensor, h: int, w: int, channels_last: bool) -> torch.Ten
     return torch.empty((x.shape[0], x.shape[1], h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
-def conv_segments_fwd(x, w_packed, b_packed, segments, dilation, out_hw):
-    """y = segmented depthwise conv of x. w_packed / b_packed: fp32, contiguous; b_packed may be None."""
+def _unflatten(segments: list[int]) -> tuple:
+    return tuple(tuple(segments[i:i + SEG_FIELDS]) for i in range(0, len(segments), SEG_FIELDS))
+
+
+# Custom ops (opaque to torch.compile, with fake implementations) so compiled models keep one graph.
+@torch.library.custom_op('kernelzoo::dw_segments_fwd', mutates_args=())
+def conv_segments_fwd(x: torch.Tensor, w_packed: torch.Tensor, b_packed: Optional[torch.Tensor], segments: list[int],
+                      dilation: list[int], out_hw: list[int]) -> torch.Tensor:
+    """y = segmented depthwise conv of x. w_packed / b_packed: fp32, contiguous; b_packed may be None.
+
+    segments: flattened (c_begin, c_end, kh, kw, pad_h, pad_w, w_off) per segment.
+    """
+    segments = _unflatten(segments)
     B, C, H, W = x.shape
     H_out, W_out = out_hw
     cl = is_channels_last(x)
@@ -206,8 +223,16 @@ def conv_segments_fwd(x, w_packed, b_packed, segments, dilation, out_hw):
     return y
 
 
-def conv_segments_wgrad(x, dy, segments, n_wts, dilation, with_bias):
-    """Weight grad (packed fp32, n_wts long) and, if asked, bias grad (fp32, C) of the segmented conv."""
+@conv_segments_fwd.register_fake
+def _(x, w_packed, b_packed, segments, dilation, out_hw):
+    return _out_like(x, out_hw[0], out_hw[1], is_channels_last(x))
+
+
+@torch.library.custom_op('kernelzoo::dw_segments_wgrad', mutates_args=())
+def conv_segments_wgrad(x: torch.Tensor, dy: torch.Tensor, segments: list[int], n_wts: int, dilation: list[int],
+                        with_bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight grad (packed fp32, n_wts long) and bias grad (fp32, C; empty without bias) of the segmented conv."""
+    segments = _unflatten(segments)
     B, C, H, W = x.shape
     H_out, W_out = dy.shape[-2:]
     cl = is_channels_last(x)
@@ -231,7 +256,12 @@ def conv_segments_wgrad(x, dy, segments, n_wts, dilation, with_bias):
         *x.stride(), *dy.stride(), *dilation,
         HAS_BIAS=with_bias, BLOCK_C=block_c, TILE_H=tile_h, TILE_W=tile_w, num_warps=4,
     )
-    return dw_part.sum(0), (db_part.sum(0) if with_bias else None)
+    return dw_part.sum(0), (db_part.sum(0) if with_bias else dw_part.new_empty(0))
+
+
+@conv_segments_wgrad.register_fake
+def _(x, dy, segments, n_wts, dilation, with_bias):
+    return x.new_empty(n_wts, dtype=torch.float32), x.new_empty(x.shape[1] if with_bias else 0, dtype=torch.float32)
 
 
 class DWConv2dFunction(torch.autograd.Function):
@@ -249,7 +279,7 @@ class DWConv2dFunction(torch.autograd.Function):
                              f"padding {padding}, dilation {dilation}")
         w_packed = weight.detach().reshape(-1).float().contiguous()
         b_packed = None if bias is None else bias.detach().float().contiguous()
-        y = conv_segments_fwd(x, w_packed, b_packed, [(0, C, kh, kw, ph, pw, 0)], dilation, (H_out, W_out))
+        y = conv_segments_fwd(x, w_packed, b_packed, [0, C, kh, kw, ph, pw, 0], list(dilation), [H_out, W_out])
         ctx.save_for_backward(x, weight)
         ctx.conv = (padding, dilation, bias is not None, None if bias is None else bias.dtype)
         return y
@@ -265,11 +295,11 @@ class DWConv2dFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # dx is the correlation of dy with the flipped taps under the complementary padding.
             w_flip = weight.detach().flip(-1, -2).reshape(-1).float().contiguous()
-            seg = [(0, C, kh, kw, dilation[0] * (kh - 1) - ph, dilation[1] * (kw - 1) - pw, 0)]
-            dx = conv_segments_fwd(dy, w_flip, None, seg, dilation, x.shape[-2:])
+            seg = [0, C, kh, kw, dilation[0] * (kh - 1) - ph, dilation[1] * (kw - 1) - pw, 0]
+            dx = conv_segments_fwd(dy, w_flip, None, seg, list(dilation), list(x.shape[-2:]))
         need_b = has_bias and ctx.needs_input_grad[2]
         if ctx.needs_input_grad[1] or need_b:
-            dw_flat, db = conv_segments_wgrad(x, dy, [(0, C, kh, kw, ph, pw, 0)], weight.numel(), dilation, need_b)
+            dw_flat, db = conv_segments_wgrad(x, dy, [0, C, kh, kw, ph, pw, 0], weight.numel(), list(dilation), need_b)
             dw = dw_flat.view_as(weight).to(weight.dtype) if ctx.needs_input_grad[1] else None
             db = db.to(bias_dtype) if need_b else None
         return dx, dw, db, None, None

@@ -10,13 +10,13 @@ import torch
 from .dwconv2d import conv_segments_fwd, conv_segments_wgrad, is_channels_last
 
 
-def _branch_segments(n_id, weights):
-    """Segments (c_begin, c_end, kh, kw, pad_h, pad_w, w_off) for identity + branches, "same" padding."""
-    segments = [(0, n_id, 1, 1, 0, 0, 0)] if n_id > 0 else []
+def _branch_segments(n_id, weights, identity=True):
+    """Flattened segments (c_begin, c_end, kh, kw, pad_h, pad_w, w_off) for identity + branches, "same" padding."""
+    segments = [0, n_id, 1, 1, 0, 0, 0] if n_id > 0 and identity else []
     c, off = n_id, n_id
     for w in weights:
         gc, _, kh, kw = w.shape
-        segments.append((c, c + gc, kh, kw, (kh - 1) // 2, (kw - 1) // 2, off))
+        segments += [c, c + gc, kh, kw, (kh - 1) // 2, (kw - 1) // 2, off]
         c += gc
         off += w.numel()
     return segments
@@ -42,7 +42,7 @@ class InceptionDWFunction(torch.autograd.Function):
                 (b.detach().float() if b is not None else w.new_zeros(w.shape[0], dtype=torch.float32))
                 for w, b in zip(weights, biases)]).contiguous()
         segments = _branch_segments(n_id, weights)
-        y = conv_segments_fwd(x, _pack(n_id, weights), b_packed, segments, (1, 1), x.shape[-2:])
+        y = conv_segments_fwd(x, _pack(n_id, weights), b_packed, segments, [1, 1], list(x.shape[-2:]))
         ctx.save_for_backward(x, *weights)
         ctx.n_id = n_id
         ctx.bias_dtypes = tuple(None if b is None else b.dtype for b in biases)
@@ -58,14 +58,14 @@ class InceptionDWFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # "Same" padding is its own complement, so the segments are unchanged; only the taps flip.
             dx = conv_segments_fwd(dy, _pack(n_id, weights, flip=True), None, _branch_segments(n_id, weights),
-                                   (1, 1), x.shape[-2:])
+                                   [1, 1], list(x.shape[-2:]))
         w_grads, b_grads = [None] * 3, [None] * 3
         need_w = any(ctx.needs_input_grad[i] for i in (1, 3, 5))
         need_b = any(ctx.needs_input_grad[i] for i in (2, 4, 6))
         if need_w or need_b:
-            conv_segments = _branch_segments(n_id, weights)[1 if n_id > 0 else 0:]  # identity has nothing to learn
+            conv_segments = _branch_segments(n_id, weights, identity=False)  # identity has nothing to learn
             n_wts = n_id + sum(w.numel() for w in weights)
-            dw, db = conv_segments_wgrad(x, dy, conv_segments, n_wts, (1, 1), need_b)
+            dw, db = conv_segments_wgrad(x, dy, conv_segments, n_wts, [1, 1], need_b)
             off, c = n_id, n_id
             for i, w in enumerate(weights):
                 if ctx.needs_input_grad[1 + 2 * i]:

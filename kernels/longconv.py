@@ -10,6 +10,8 @@ Triton kernel instead of a chain of torch ops:
   (the batch reduction for the kernel gradient happens in registers, not through a (B, H, L+1) temporary).
 The forward keeps rfft(u) for the backward, as autograd does for the reference, so memory matches the reference.
 """
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -97,54 +99,89 @@ def _skip_epilogue(full, s, D, H, out_dtype, t=None):
     return out, part
 
 
+@torch.library.custom_op('kernelzoo::longconv_fwd', mutates_args=())
+def longconv_fwd(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor],
+                 bidirectional: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, rfft(u) (B, H, L+1), rfft(k) (H, L+1)); the spectra are kept for the backward."""
+    B, H, L = u.shape
+    u = u.contiguous()
+    k_pad = _pad_cast(k[0].contiguous(), k[1].contiguous()) if bidirectional else _pad_cast(k.contiguous())
+    k_f = torch.fft.rfft(k_pad)
+    u_f = torch.fft.rfft(_pad_cast(u.view(B * H, L))).view(B, H, L + 1)
+    y_full = torch.fft.irfft(u_f * k_f, n=2 * L)  # (B, H, 2L) fp32
+    y, _ = _skip_epilogue(y_full.view(B * H, 2 * L), u.view(B * H, L), None if D is None else D.contiguous(), H,
+                          u.dtype)
+    return y.view(B, H, L), u_f, k_f
+
+
+@longconv_fwd.register_fake
+def _(u, k, D, bidirectional):
+    B, H, L = u.shape
+    return (u.new_empty(B, H, L), u.new_empty(B, H, L + 1, dtype=torch.complex64),
+            u.new_empty(H, L + 1, dtype=torch.complex64))
+
+
+@torch.library.custom_op('kernelzoo::longconv_bwd', mutates_args=())
+def longconv_bwd(dy: torch.Tensor, u_f: torch.Tensor, k_f: torch.Tensor, u: Optional[torch.Tensor],
+                 D: Optional[torch.Tensor], bidirectional: bool, need_du: bool, need_dk: bool,
+                 need_dD: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(du (B, H, L) in dy's dtype, dk (H, L) or (2, H, L) fp32, dD (H,) fp32); grads not asked for are empty."""
+    B, H, F_ = u_f.shape
+    L = F_ - 1
+    dy = dy.contiguous().view(B * H, L)
+    dy_f = torch.fft.rfft(_pad_cast(dy)).view(B, H, F_)
+    du_f = torch.empty_like(dy_f) if need_du else None
+    dk_f = torch.empty((H, F_), dtype=dy_f.dtype, device=dy.device) if need_dk else None
+    if need_du or need_dk:
+        dyf_r = torch.view_as_real(dy_f)
+        _spectral_bwd_kernel[(H, triton.cdiv(F_, _BLOCK))](
+            dyf_r, torch.view_as_real(u_f), torch.view_as_real(k_f),
+            dyf_r if du_f is None else torch.view_as_real(du_f), dyf_r if dk_f is None else torch.view_as_real(dk_f),
+            B, H, F_, NEED_DU=need_du, NEED_DK=need_dk, BLOCK=_BLOCK)
+    du, dk, dD = dy.new_empty(0), dy.new_empty(0, dtype=torch.float32), dy.new_empty(0, dtype=torch.float32)
+    part = None
+    if need_du:
+        du_full = torch.fft.irfft(du_f, n=2 * L).view(B * H, 2 * L)
+        du, part = _skip_epilogue(du_full, dy, D, H, dy.dtype, t=u.contiguous().view(B * H, L) if need_dD else None)
+        du = du.view(B, H, L)
+    if need_dD:
+        if part is None:
+            part = (dy.float() * u.contiguous().view(B * H, L).float()).sum(-1, keepdim=True)
+        dD = part.view(B, H, -1).sum((0, 2))
+    if need_dk:
+        dk_full = torch.fft.irfft(dk_f, n=2 * L)  # (H, 2L): gradient of the length-2L circular kernel
+        dk = torch.stack((dk_full[:, :L], dk_full[:, L:].flip(-1))) if bidirectional else dk_full[:, :L].contiguous()
+    return du, dk, dD
+
+
+@longconv_bwd.register_fake
+def _(dy, u_f, k_f, u, D, bidirectional, need_du, need_dk, need_dD):
+    B, H, F_ = u_f.shape
+    L = F_ - 1
+    du = dy.new_empty((B, H, L) if need_du else (0,))
+    dk = dy.new_empty(((2, H, L) if bidirectional else (H, L)) if need_dk else (0,), dtype=torch.float32)
+    return du, dk, dy.new_empty(H if need_dD else 0, dtype=torch.float32)
+
+
 class LongConvFunction(torch.autograd.Function):
     """u (B, H, L); k (H, L) or (2, H, L) when bidirectional; D (H,) or None. Output (B, H, L) in u's dtype."""
 
     @staticmethod
     def forward(ctx, u, k, D, bidirectional):
-        B, H, L = u.shape
-        u = u.contiguous()
-        k_pad = _pad_cast(k[0].contiguous(), k[1].contiguous()) if bidirectional else _pad_cast(k.contiguous())
-        k_f = torch.fft.rfft(k_pad)  # (H, L + 1)
-        u_f = torch.fft.rfft(_pad_cast(u.view(B * H, L))).view(B, H, L + 1)
-        y_full = torch.fft.irfft(u_f * k_f, n=2 * L)  # (B, H, 2L) fp32
-        D_c = None if D is None else D.detach().contiguous()
-        y, _ = _skip_epilogue(y_full.view(B * H, 2 * L), u.view(B * H, L), D_c, H, u.dtype)
-        ctx.save_for_backward(u_f, k_f, u if D is not None and ctx.needs_input_grad[2] else None, D)
-        ctx.meta = (B, H, L, bidirectional, u.dtype, k.dtype)
-        return y.view(B, H, L)
+        y, u_f, k_f = longconv_fwd(u, k, None if D is None else D.detach(), bidirectional)
+        ctx.save_for_backward(u_f, k_f, u if D is not None else None, D)
+        ctx.meta = (bidirectional, k.dtype)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
         u_f, k_f, u, D = ctx.saved_tensors
-        B, H, L, bidirectional, u_dtype, k_dtype = ctx.meta
+        bidirectional, k_dtype = ctx.meta
         need_du, need_dk, need_dD = ctx.needs_input_grad[:3]
-        dy = dy.contiguous().view(B * H, L)
-        dy_f = torch.fft.rfft(_pad_cast(dy)).view(B, H, L + 1)
-        F_ = L + 1
-        du_f = torch.empty_like(dy_f) if need_du else None
-        dk_f = torch.empty((H, F_), dtype=dy_f.dtype, device=dy.device) if need_dk else None
-        if need_du or need_dk:
-            dyf_r = torch.view_as_real(dy_f)
-            _spectral_bwd_kernel[(H, triton.cdiv(F_, _BLOCK))](
-                dyf_r, torch.view_as_real(u_f), torch.view_as_real(k_f),
-                dyf_r if du_f is None else torch.view_as_real(du_f), dyf_r if dk_f is None else torch.view_as_real(dk_f),
-                B, H, F_, NEED_DU=need_du, NEED_DK=need_dk, BLOCK=_BLOCK)
-        du = dk = dD = None
-        if need_du:
-            du_full = torch.fft.irfft(du_f, n=2 * L).view(B * H, 2 * L)
-            du, part = _skip_epilogue(du_full, dy, None if D is None else D.detach().contiguous(), H, u_dtype,
-                                      t=u.view(B * H, L) if need_dD else None)
-            du = du.view(B, H, L)
-        elif need_dD:
-            part = (dy.float() * u.view(B * H, L).float()).sum(-1, keepdim=True)
-        if need_dD:
-            dD = part.view(B, H, -1).sum((0, 2)).to(D.dtype)
-        if need_dk:
-            dk_full = torch.fft.irfft(dk_f, n=2 * L)  # (H, 2L): gradient of the length-2L circular kernel
-            dk = torch.stack((dk_full[:, :L], dk_full[:, L:].flip(-1))) if bidirectional else dk_full[:, :L]
-            dk = dk.to(k_dtype)
-        return du, dk, dD, None
+        du, dk, dD = longconv_bwd(dy, u_f, k_f, u, None if D is None else D.detach(), bidirectional,
+                                  need_du, need_dk, need_dD and D is not None)
+        return (du if need_du else None, dk.to(k_dtype) if need_dk else None,
+                dD.to(D.dtype) if need_dD and D is not None else None, None)
 
 
 def longconv_triton(u, k, D=None, bidirectional=False):

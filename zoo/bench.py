@@ -375,6 +375,10 @@ def plot_results(path: str, results: List[Dict], title: str = ''):
 
 
 def main(argv: Optional[List[str]] = None) -> List[Dict]:
+    raw_argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == '--kernel' or a.startswith('--kernel=') for a in raw_argv):
+        from kernels.bench import main as kernel_bench  # kernel micro-benchmark mode, its own flags (kernels/bench.py)
+        return kernel_bench(raw_argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s', stream=sys.stderr)
     if not args.model:
