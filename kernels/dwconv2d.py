@@ -152,19 +152,18 @@ def is_channels_last(x: torch.Tensor) -> bool:
 def pick_tiles(channels: int, h: int, w: int, channels_last: bool) -> tuple[int, int, int]:
     """(BLOCK_C, TILE_H, TILE_W) for a plane of h x w and segments of at most `channels` channels.
 
-    About 512 elements per program on a GPU: NCHW tiles run along W (the contiguous axis), channels_last tiles run
-    along C. The interpreter gets one tile per plane where possible since each program costs a Python loop there.
+    Up to 1024 (NCHW) / 2048 (channels_last) elements per program on a GPU. NCHW tiles run along W (the contiguous
+    axis) and stay wide so the halo re-read per tap stays near 2x the tile; channels_last tiles are 8x8 pixels by
+    up to 32 channels (>= 32 contiguous bytes per pixel in 16-bit types). Untuned first guesses: sweep them on a GPU.
+    The interpreter gets one tile per plane where possible since each program costs a Python loop there.
     """
     if INTERPRET:
         return _next_pow2(channels), _next_pow2(h), _next_pow2(w)
     if channels_last:
-        block_c = min(_next_pow2(channels), 64)
-        tile_w = min(_next_pow2(w), 8)
-        tile_h = min(_next_pow2(h), max(1, 512 // (block_c * tile_w)))
-    else:
-        tile_w = min(_next_pow2(w), 64)
-        tile_h = min(_next_pow2(h), max(1, 512 // tile_w))
-        block_c = min(_next_pow2(channels), max(1, 512 // (tile_h * tile_w)))
+        return min(_next_pow2(channels), 32), min(_next_pow2(h), 8), min(_next_pow2(w), 8)
+    tile_w = min(_next_pow2(w), 64)
+    tile_h = min(_next_pow2(h), max(1, 1024 // tile_w))
+    block_c = min(_next_pow2(channels), max(1, 1024 // (tile_h * tile_w)))
     return block_c, tile_h, tile_w
 
 
@@ -241,9 +240,15 @@ def conv_segments_wgrad(x: torch.Tensor, dy: torch.Tensor, segments: list[int], 
     table = segment_table(segments, block_c, x.device)
     n_tiles_w = triton.cdiv(W_out, tile_w)
     n_tiles = triton.cdiv(H_out, tile_h) * n_tiles_w
-    # Split the batch until there are ~4 programs per SM; each split writes its own partial row.
+    # Split the batch until there are ~4 programs per SM, and so far that one program's batch chunk (input windows
+    # with halo + dy tiles) stays within ~64 KB: every tap re-reads the chunk, which must come from L1, not L2.
     target = 2 if INTERPRET else 4 * _num_sms(x.device)
     n_split_b = max(1, min(B, triton.cdiv(target, table.shape[0] * n_tiles)))
+    if not INTERPRET:
+        halo = max((tile_h + dilation[0] * (kh - 1)) * (tile_w + dilation[1] * (kw - 1))
+                   for _, _, kh, kw, *_ in segments)
+        chunk_bytes = block_c * (halo + tile_h * tile_w) * x.element_size()
+        n_split_b = max(n_split_b, triton.cdiv(B, max(1, (64 * 1024) // chunk_bytes)))
     batch_per_split = triton.cdiv(B, n_split_b)
     n_split_b = triton.cdiv(B, batch_per_split)
     n_splits = n_tiles * n_split_b

@@ -50,7 +50,7 @@ def _skip_epilogue_kernel(full_ptr, s_ptr, d_ptr, t_ptr, out_ptr, part_ptr, H, L
 @triton.jit
 def _spectral_bwd_kernel(dyf_ptr, uf_ptr, kf_ptr, duf_ptr, dkf_ptr, B, H, F,
                          NEED_DU: tl.constexpr, NEED_DK: tl.constexpr, BLOCK: tl.constexpr):
-    """Complex spectra as interleaved (re, im) fp32. du_f[b, h] = dy_f[b, h] conj(k_f[h]); dk_f[h] = sum_b dy_f conj(u_f)."""
+    """Spectra as interleaved (re, im) fp32: du_f[b, h] = dy_f[b, h] conj(k_f[h]), dk_f[h] = sum_b dy_f conj(u_f)."""
     h = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < F

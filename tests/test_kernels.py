@@ -140,6 +140,24 @@ def test_dwconv2d_triton_partial_grads_and_fp16():
     _assert_close(y16, dwconv2d_ref(x.detach().half().float(), w.half().float()), atol=2e-3, rtol=2e-3)
 
 
+@needs_triton
+@pytest.mark.parametrize('B,C,H,W,k,cl', [(2, 2, 5, 70, 3, False), (2, 34, 9, 9, 3, True)])
+def test_dwconv2d_triton_gpu_tiling(monkeypatch, B, C, H, W, k, cl):
+    """The GPU tile heuristics (several spatial tiles, partial channel blocks, batch-split weight grad) in the
+    interpreter: only the host-side choice of tiles is switched, the kernels are the same."""
+    monkeypatch.setattr(sys.modules['kernels.dwconv2d'], 'INTERPRET', False)
+    g = torch.Generator().manual_seed(C)
+    x = torch.randn(B, C, H, W, generator=g).to(DEVICE)
+    x = (x.contiguous(memory_format=torch.channels_last) if cl else x).requires_grad_()
+    w = torch.randn(C, 1, k, k, generator=g).to(DEVICE).requires_grad_()
+    b = torch.randn(C, generator=g).to(DEVICE).requires_grad_()
+    y, grads = _grads(lambda *a: kernels.dwconv2d(*a, backend='triton'), (x, w, b))
+    y_ref, grads_ref = _grads(lambda *a: kernels.dwconv2d(*a, backend='torch'), (x, w, b))
+    _assert_close(y, y_ref, atol=1e-4)
+    for a, e in zip(grads, grads_ref):
+        _assert_close(a, e, atol=1e-3)
+
+
 INCEPTION_CASES = [
     # B, C, gc, H, W, square, band, channels_last, bias
     (2, 11, 3, 9, 7, 3, 11, False, True),
