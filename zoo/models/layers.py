@@ -1,10 +1,11 @@
 """Building blocks shared by more than one zoo family."""
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_function
 
 import kernels
 
-__all__ = ['LongConvLayer']
+__all__ = ['LongConvLayer', 'check_image_input']
 
 
 class LongConvLayer(nn.Module):
@@ -50,12 +51,12 @@ class LongConvLayer(nn.Module):
         raise NotImplementedError
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        if not self.transposed:
-            u = u.transpose(-1, -2)
-        if u.dim() != 3 or u.shape[1] != self.d_model:
+        if u.dim() != 3 or u.shape[1 if self.transposed else 2] != self.d_model:
             layout = '(B, H, L)' if self.transposed else '(B, L, H)'
             raise ValueError(f"{type(self).__name__} expects {layout} input with H={self.d_model}, "
-                             f"got shape {tuple(u.shape) if self.transposed else tuple(u.transpose(-1, -2).shape)}")
+                             f"got shape {tuple(u.shape)}")
+        if not self.transposed:
+            u = u.transpose(-1, -2)
         H, L = self.d_model, u.shape[-1]
         k = self.compute_kernel(L)  # (dirs * C, H, L)
         if self.channels > 1:
@@ -65,3 +66,15 @@ class LongConvLayer(nn.Module):
         y = kernels.longconv(u, k, self.D.reshape(-1), bidirectional=self.bidirectional, backend=self.kernel_backend)
         y = self.output_linear(self.dropout(self.activation(y)))
         return y if self.transposed else y.transpose(-1, -2)
+
+
+@register_notrace_function  # shape checks are Python control flow: keep them out of FX graphs
+def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, model: str) -> None:
+    """Raise a clear error for a wrong channel count or an image too small for the model's downsampling."""
+    if x.dim() != 4:
+        raise ValueError(f"{model}: expected an image batch (B, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"{model}: expected {in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+    if x.shape[-2] < min_size or x.shape[-1] < min_size:
+        raise ValueError(
+            f"{model}: input {x.shape[-2]}x{x.shape[-1]} is smaller than the minimum {min_size}x{min_size}")
