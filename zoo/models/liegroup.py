@@ -33,7 +33,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import (
+    build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_function, register_notrace_module,
+)
 from timm.models._features import feature_take_indices
 
 __all__ = ['GroupSampler', 'LiftingConv2d', 'GroupConv2d', 'LieGroupResNet', 'polar_coordinates']
@@ -284,6 +286,7 @@ class _SampledConv(nn.Module):
         raise NotImplementedError
 
 
+@register_notrace_module  # kernel generation and caching are data-dependent; FX keeps the layer whole
 class LiftingConv2d(_SampledConv):
     """R^2 -> R^2 x G lifting convolution: one kernel per output sample g, K_g(x) = k(g^-1 x) (|det g^-1|).
 
@@ -309,6 +312,7 @@ class LiftingConv2d(_SampledConv):
         return y.view(y.shape[0], self.out_chans, g_out_inv.shape[0], *y.shape[-2:])
 
 
+@register_notrace_module
 class GroupConv2d(_SampledConv):
     """R^2 x G -> R^2 x G group convolution, Monte-Carlo over the input samples.
 
@@ -344,6 +348,7 @@ class GroupConv2d(_SampledConv):
         return y.view(y.shape[0], self.out_chans, g_out_inv.shape[0], *y.shape[-2:])
 
 
+@register_notrace_module
 class PlainConv2d(nn.Conv2d):
     """Ordinary learned conv on a single-sample group axis: the layer of the plain CNN baseline."""
 
@@ -358,8 +363,7 @@ def layer_norm_3d(x: torch.Tensor) -> torch.Tensor:
 
 def group_max_pool2d(x: torch.Tensor) -> torch.Tensor:
     """2x2 spatial max pool of a (B, C, N, H, W) map."""
-    y = F.max_pool2d(x.flatten(1, 2), 2)
-    return y.view(*x.shape[:3], *y.shape[-2:])
+    return F.max_pool2d(x.flatten(1, 2), 2).unflatten(1, (x.shape[1], x.shape[2]))
 
 
 class LiftingStem(nn.Module):
@@ -441,6 +445,19 @@ class MlpHead(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------------------------
+
+@register_notrace_function
+def check_images(x: torch.Tensor, in_chans: int, kernel_size: int, depth: int, stem_pool: bool):
+    """Name the problem with a bad input batch (public name: FX only wraps functions without a leading _)."""
+    k = kernel_size
+    # Smallest size that leaves >= 1 pixel after the stem conv, the pools and the last conv.
+    min_size = k * 2 ** (depth + stem_pool) + k - 1
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(f"expected (B, {in_chans}, H, W) images, got {tuple(x.shape)}")
+    if min(x.shape[-2:]) < min_size:
+        raise ValueError(f"images must be at least {min_size}x{min_size} for kernel {k}, "
+                         f"{depth} pooling stage(s) and stem_pool={stem_pool}, got {tuple(x.shape[-2:])}")
+
 
 class LieGroupResNet(nn.Module):
     """The paper's residual group CNN (GResNet) for SL(2,R) / GL+(2,R), or its plain-CNN counterpart.
@@ -546,9 +563,7 @@ class LieGroupResNet(nn.Module):
             pairs = [self.sampler.sample(self.num_samples) for _ in range(2)]
             s = torch.stack([torch.stack(p) for p in pairs]).to(ref.device, ref.dtype)
         else:
-            s = self.eval_samples
-            if s.dtype != ref.dtype:
-                s = s.to(ref.dtype)
+            s = self.eval_samples.to(ref.dtype)  # no copy when the dtype already matches
         return s[0, 0], s[0, 1], s[1, 0], s[1, 1]
 
     @torch.jit.ignore
@@ -571,16 +586,6 @@ class LieGroupResNet(nn.Module):
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool)
 
-    def _check_input(self, x: torch.Tensor):
-        k = self.kernel_size
-        # Smallest size that leaves >= 1 pixel after the stem conv, the pools and the last conv.
-        min_size = k * 2 ** (self.depth + self.stem_pool) + k - 1
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected (B, {self.in_chans}, H, W) images, got {tuple(x.shape)}")
-        if min(x.shape[-2:]) < min_size:
-            raise ValueError(f"images must be at least {min_size}x{min_size} for kernel {k}, "
-                             f"{self.depth} pooling stage(s) and stem_pool={self.stem_pool}, got {tuple(x.shape[-2:])}")
-
     def _run_stage(self, stage: nn.Module, *args):
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint(stage, *args, use_reentrant=False)
@@ -588,7 +593,7 @@ class LieGroupResNet(nn.Module):
 
     def _forward_group(self, x: torch.Tensor, stop: Optional[int] = None, collect: Optional[List[int]] = None):
         """Run stem and stages; returns the (B, C, N, H, W) map after stage `stop` and the requested pooled maps."""
-        self._check_input(x)
+        check_images(x, self.in_chans, self.kernel_size, self.depth, self.stem_pool)
         g, g_inv, g_final, g_final_inv = self.samples(x)
         pooled = []
         x = self._run_stage(self.stem, x, g_inv)
@@ -672,10 +677,12 @@ def checkpoint_filter_fn(state_dict: dict, model: LieGroupResNet) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 def _cfg(**kwargs):
+    # The group models have no input-conv weight: their first layer is generated by the stem's kernel network,
+    # whose output layer (C_out * C_in wide) is the closest thing to timm's `first_conv`.
     return {
         'url': '', 'num_classes': 10, 'input_size': (1, 40, 40), 'pool_size': (14, 14),
         'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': (0.5,), 'std': (0.5,),
-        'first_conv': 'stem.conv', 'classifier': 'head.fc',
+        'first_conv': 'stem.conv.kernel_net.fc', 'classifier': 'head.fc',
         'license': 'mit',
         'origin_url': 'https://github.com/mirceamironenco/rgenn',
         'paper_name': 'Lie Group Decompositions for Equivariant Neural Networks',
@@ -691,9 +698,10 @@ default_cfgs = generate_default_cfgs({
         pool_size=(5, 5), description='R^2 x SL(2,R) GResNet, CPU configuration (width 16, 4 samples, stem pool)'),
     'liegroup_gl2_small': _cfg(
         pool_size=(5, 5), description='R^2 x GL+(2,R) GResNet, CPU configuration (width 16, 4 samples, stem pool)'),
-    'liegroup_cnn': _cfg(description='plain CNN with the GResNet layout, parameter count of liegroup_sl2'),
+    'liegroup_cnn': _cfg(
+        first_conv='stem.conv', description='plain CNN with the GResNet layout, parameter count of liegroup_sl2'),
     'liegroup_cnn_small': _cfg(
-        pool_size=(5, 5), description='plain CNN with the small GResNet layout and parameter count'),
+        first_conv='stem.conv', pool_size=(5, 5), description='plain CNN with the small GResNet layout and parameter count'),
 })
 
 
