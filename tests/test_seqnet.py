@@ -4,6 +4,7 @@ import timm
 import torch
 from timm.models import group_parameters
 
+import kernels
 from zoo.models import sequence_model_names
 from zoo.models.s4d import S4D
 from zoo.models.seqnet import SeqNet
@@ -97,6 +98,17 @@ def test_grad_checkpointing_keeps_outputs(name):
         expected = model(x, lengths)
         model.set_grad_checkpointing(True)
         torch.testing.assert_close(model(x, lengths), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not kernels.INTERPRET, reason='CPU Triton needs TRITON_INTERPRET=1 (set by conftest without CUDA)')
+@pytest.mark.parametrize('name', ['s4d_lra_text', 'sgconv_lra_image'])
+def test_triton_backend_matches_torch(name):
+    torch.manual_seed(0)
+    reference = _small(name, kernel_backend='torch').eval()
+    triton = _small(name, kernel_backend='triton').eval()
+    triton.load_state_dict(reference.state_dict())
+    x, lengths = _input(reference, length=16)
+    torch.testing.assert_close(triton(x, lengths), reference(x, lengths), rtol=1e-4, atol=1e-5)
 
 
 def test_pooling_over_valid_positions():
