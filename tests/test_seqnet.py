@@ -210,3 +210,19 @@ def test_published_lra_sizes():
     sg_pathx = timm.create_model('sgconv_lra_pathx').blocks[0].layer
     assert (sg_pathx.num_scales, sg_pathx.kernel_dim, sg_pathx.init_scale, sg_pathx.mode) == (8, 64, 1, 'cat_cos')
     assert timm.create_model('sgconv_lra_listops').blocks[0].layer.num_scales == 12
+
+
+def test_pretrained_file_loads_through_timm(tmp_path):
+    """Trained weights load like any timm model's: a `file` overlay, a different num_classes drops the classifier."""
+    torch.manual_seed(0)
+    model = _small('sgconv_lra_text').eval()
+    path = tmp_path / 'weights.pth'
+    torch.save(model.state_dict(), path)
+    loaded = _small('sgconv_lra_text', pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    x, lengths = _input(model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, lengths), model(x, lengths))
+    assert _small('sgconv_lra_text', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                  num_classes=5)(x, lengths).shape == (2, 5)
+    with pytest.raises(RuntimeError, match='No pretrained weights'):
+        timm.create_model('s4d_lra_listops', pretrained=True)
