@@ -249,6 +249,8 @@ def conv_segments_wgrad(x: torch.Tensor, dy: torch.Tensor, segments: list[int], 
                    for _, _, kh, kw, *_ in segments)
         chunk_bytes = block_c * (halo + tile_h * tile_w) * x.element_size()
         n_split_b = max(n_split_b, triton.cdiv(B, max(1, (64 * 1024) // chunk_bytes)))
+        # ...but keep the fp32 partials (written, then summed) no larger than the input itself.
+        n_split_b = min(n_split_b, max(1, x.numel() * x.element_size() // (n_tiles * n_wts * 4)))
     batch_per_split = triton.cdiv(B, n_split_b)
     n_split_b = triton.cdiv(B, batch_per_split)
     n_splits = n_tiles * n_split_b

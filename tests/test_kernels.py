@@ -158,6 +158,24 @@ def test_dwconv2d_triton_gpu_tiling(monkeypatch, B, C, H, W, k, cl):
         _assert_close(a, e, atol=1e-3)
 
 
+@needs_triton
+def test_dwconv2d_triton_strided_input_and_autocast():
+    """A channel slice (as the dilated Inception path passes) and autocast, which F.conv2d follows."""
+    g = torch.Generator().manual_seed(9)
+    full = torch.randn(2, 7, 9, 8, generator=g).to(DEVICE).requires_grad_()
+    w = torch.randn(3, 1, 3, 5, generator=g).to(DEVICE).requires_grad_()
+    y, grads = _grads(lambda f, w_: kernels.dwconv2d(f[:, 2:5], w_, dilation=2, backend='triton'), (full, w))
+    y_ref, grads_ref = _grads(lambda f, w_: kernels.dwconv2d(f[:, 2:5], w_, dilation=2, backend='torch'), (full, w))
+    _assert_close(y, y_ref, atol=1e-4)
+    for a, e in zip(grads, grads_ref):
+        _assert_close(a, e, atol=1e-3)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        y = kernels.dwconv2d(full.detach()[:, :3], w.detach(), backend='triton')
+        y_ref = kernels.dwconv2d(full.detach()[:, :3], w.detach(), backend='torch')
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    _assert_close(y, y_ref, atol=5e-2, rtol=2e-2)
+
+
 INCEPTION_CASES = [
     # B, C, gc, H, W, square, band, channels_last, bias
     (2, 11, 3, 9, 7, 3, 11, False, True),
