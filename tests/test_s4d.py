@@ -199,3 +199,19 @@ def test_errors():
         S4D(4, 8, n_ssm=3)
     with pytest.raises(ValueError, match='H=4'):
         S4D(4, 8)(torch.randn(1, 5, 10))
+
+
+def test_low_precision_parameters_and_autocast_keep_a_float32_kernel():
+    torch.manual_seed(0)
+    layer = S4D(8, 16, bidirectional=True, disc='bilinear').eval()
+    x = torch.randn(2, 8, 64)
+    with torch.no_grad():
+        reference = layer(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert layer.compute_kernel(64).dtype == torch.float32
+            torch.testing.assert_close(layer(x).float(), reference, rtol=0.05, atol=0.05)
+        layer = layer.to(torch.bfloat16)
+        assert layer.compute_kernel(64).dtype == torch.float32
+        y = layer(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), reference, rtol=0.05, atol=0.05)

@@ -100,7 +100,8 @@ def vandermonde_real(coef: torch.Tensor, log_z: torch.Tensor, L: int) -> torch.T
     c_re, c_im = coef.real.unsqueeze(-1), coef.imag.unsqueeze(-1)  # (c, H, M, 1)
     # Re(p q) = p_re q_re - p_im q_im: stack (p_re, -p_im) against (q_re, q_im)
     starts = torch.cat((c_re * block_re - c_im * block_im, -(c_re * block_im + c_im * block_re)), dim=-2)
-    K = starts.transpose(-1, -2) @ powers  # (c, H, S, T)
+    with torch.autocast(device.type, enabled=False):  # a low-precision kernel would be wrong at long lags
+        K = starts.transpose(-1, -2) @ powers  # (c, H, S, T)
     return K.flatten(-2)[..., :L]
 
 
@@ -161,13 +162,14 @@ class S4DKernel(nn.Module):
         self.register_parameter(name, param)
 
     def forward(self, L: int) -> torch.Tensor:
+        """The (channels, H, L) kernel, always computed and returned in float32."""
         H, copies = self.d_model, self.d_model // self.n_ssm
-        dt = self.log_dt.exp().unsqueeze(-1)  # (H, 1)
-        A = torch.complex(-self.log_A_real.exp(), self.A_imag).repeat(copies, 1)  # (H, N/2); copy h is h % n_ssm
+        dt = self.log_dt.float().exp().unsqueeze(-1)  # (H, 1)
+        A = torch.complex(-self.log_A_real.float().exp(), self.A_imag.float()).repeat(copies, 1)  # (H, N/2), h % n_ssm
         dtA = A * dt
-        C = torch.view_as_complex(self.C).reshape(self.channels, H, -1)  # (c, H, N/2)
+        C = torch.view_as_complex(self.C.float()).reshape(self.channels, H, -1)  # (c, H, N/2)
         if self.B is not None:
-            C = C * torch.view_as_complex(self.B).repeat(copies, 1)
+            C = C * torch.view_as_complex(self.B.float()).repeat(copies, 1)
 
         if self.disc == 'zoh':
             coef, log_z, scale = C * (_complex_exp(dtA) - 1) / A, dtA, 2.0
