@@ -9,6 +9,7 @@ Batch contract (what `zoo.lit` and the sequence models consume):
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -238,3 +239,9 @@ def seeded_split(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarr
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
     bounds = np.cumsum([0] + sizes)
     return [perm[bounds[i]:bounds[i + 1]] for i in range(len(sizes))]
+
+
+def pool_context():
+    """Process pool context for the generators: fork where available, so workers do not re-import the package
+    (importing timm and Lightning costs seconds per worker)."""
+    return mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn')

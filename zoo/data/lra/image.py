@@ -2,7 +2,7 @@
 
 Reads the python pickles of ``cifar-10-python.tar.gz`` from ``data_dir/cifar-10-batches-py/``
 (``data_batch_1..5``, ``test_batch``; dicts with ``b'data'`` (N, 3072) uint8 and ``b'labels'``). Pixels go to
-grayscale as PIL's ``convert('L')`` does (torchvision ``Grayscale``: (299 R + 587 G + 114 B) / 1000), then
+grayscale as PIL's ``convert('L')`` does (torchvision ``Grayscale``: 0.299 R + 0.587 G + 0.114 B, rounded), then
 ``(v / 255 - 122.6 / 255) / (61.0 / 255)`` like S4; x is (B, 1024, 1). Validation is a seeded 10% of train
 (``random_split`` with seed 42, as S4's ``split_train_val``).
 """
@@ -36,7 +36,8 @@ def read_cifar_batch(path: Path):
     if len(bad):
         raise LRADataError(f'{path}: row {bad[0]} has label {labels[bad[0]]}, outside [0, 10)')
     rgb = data.reshape(-1, 3, 1024).astype(np.int32)
-    gray = (rgb[:, 0] * 299 + rgb[:, 1] * 587 + rgb[:, 2] * 114) // 1000  # PIL 'L' rounding: floor of the sum
+    # PIL's convert('L') (used by torchvision Grayscale): ITU-R 601-2 weights in 16-bit fixed point, rounded
+    gray = (rgb[:, 0] * 19595 + rgb[:, 1] * 38470 + rgb[:, 2] * 7471 + 0x8000) >> 16
     return gray.astype(np.uint8).reshape(-1, 32, 32), labels
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import (LRADataError, LRADataModule, RaggedTokens, TokenDataset, Vocab, check_label,
+from .common import (LRADataError, pool_context, LRADataModule, RaggedTokens, TokenDataset, Vocab, check_label,
                      collate_tokens, missing_data_error, truncate_tokens)
 
 OPERATORS = ('[MIN', '[MAX', '[MED', '[SM')
@@ -131,7 +131,7 @@ def generate_listops(out_dir, num_train=96000, num_val=2000, num_test=2000, seed
         jobs = [(seed, next_chunk + i, chunk_size, cfg) for i in range(-(-missing // chunk_size))]
         next_chunk += len(jobs)
         if processes > 1 and len(jobs) > 1:
-            with mp.get_context('spawn').Pool(min(processes, len(jobs))) as pool:
+            with pool_context().Pool(min(processes, len(jobs))) as pool:
                 results = pool.imap(_generate_chunk, jobs)  # ordered: dedup stays deterministic
                 duplicates += _merge(results, examples, total, verbose)
         else:

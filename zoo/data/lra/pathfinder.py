@@ -46,7 +46,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-from .common import LRADataError, LRADataModule, check_label, missing_data_error, seeded_split
+from .common import LRADataError, LRADataModule, check_label, missing_data_error, pool_context, seeded_split
 
 DIFFICULTY = 'curv_contour_length_14'
 # One known empty image in the released pathfinder32 easy split (skipped, as the S4 loader does).
@@ -391,7 +391,7 @@ def generate_pathfinder(out_dir, resolution: int = 32, num_images: int = 200000,
     processes = processes or max(1, mp.cpu_count())
     start = time.time()
     if processes > 1 and len(jobs) > 1:
-        with mp.get_context('spawn').Pool(min(processes, len(jobs))) as pool:
+        with pool_context().Pool(min(processes, len(jobs))) as pool:
             for batch, _ in pool.imap_unordered(_generate_batch, jobs):
                 if verbose:
                     print(f'pathfinder{resolution}: batch {batch} done, {time.time() - start:.0f}s', flush=True)

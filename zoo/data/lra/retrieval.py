@@ -64,24 +64,26 @@ class AANDataModule(LRADataModule):
         rows = {}
         for split, path in paths.items():
             rows[split], self.skipped[split] = read_aan_tsv(path, self.bad_rows)
-        self.vocab = Vocab.build(list(text) for r in rows['train'] for text in r[:2])
         max_tokens = self.seq_len - int(self.append_eos)
-        out = []
+        tokenized = {}
         for split in FILES:
-            docs, labels, dropped = ([], []), [], 0
             self.overlong[split] = sum((len(a) > max_tokens) + (len(b) > max_tokens) for a, b, _ in rows[split])
+            kept = []
             for line, (a, b, label) in enumerate(rows[split], start=1):
                 where = f'{paths[split]}:{line}'
                 pair = [truncate_tokens(list(t), max_tokens, self.overlength, where) for t in (a, b)]
                 if pair[0] is None or pair[1] is None:
-                    dropped += 1
-                    continue
-                for k in range(2):
-                    docs[k].append(self.vocab.encode(pair[k], eos=self.append_eos))
-                labels.append(label)
-            self.skipped[split] += dropped
-            out.append(TokenDataset([RaggedTokens.from_list(d) for d in docs], np.asarray(labels)))
-        return tuple(out)
+                    self.skipped[split] += 1
+                else:
+                    kept.append((pair, label))
+            tokenized[split] = kept
+        # vocabulary from both (already cut) train documents, as the S4 pipeline builds it
+        self.vocab = Vocab.build(doc for pair, _ in tokenized['train'] for doc in pair)
+        return tuple(
+            TokenDataset([RaggedTokens.from_list([self.vocab.encode(pair[k], eos=self.append_eos)
+                                                  for pair, _ in tokenized[split]]) for k in range(2)],
+                         np.asarray([y for _, y in tokenized[split]], dtype=np.int64))
+            for split in FILES)
 
     def extra_stats(self) -> dict:
         return {'skipped_rows': self.skipped, 'overlong_documents': self.overlong, 'overlength': self.overlength}

@@ -107,19 +107,20 @@ class IMDBDataModule(LRADataModule):
         return len(self.vocab)
 
     def _load(self):
-        raw = {s: read_imdb_split(self.data_dir, s) for s in ('train', 'test')}
-        self.vocab = Vocab.build((list(t) for t in raw['train'][0]), min_freq=self.min_freq)
         max_tokens = self.seq_len - int(self.append_eos)
-        splits = {}
-        for split, (texts, labels, where) in raw.items():
-            seqs, kept = [], []
+        tokenized = {}
+        for split in ('train', 'test'):
+            texts, labels, where = read_imdb_split(self.data_dir, split)
             self.overlong[split] = sum(len(t) > max_tokens for t in texts)
-            for text, label, w in zip(texts, labels, where):
-                tokens = truncate_tokens(list(text), max_tokens, self.overlength, w)
-                if tokens is not None:
-                    seqs.append(self.vocab.encode(tokens, eos=self.append_eos))
-                    kept.append(label)
-            splits[split] = TokenDataset([RaggedTokens.from_list(seqs)], np.asarray(kept))
+            rows = [(truncate_tokens(list(t), max_tokens, self.overlength, w), y)
+                    for t, y, w in zip(texts, labels, where)]
+            tokenized[split] = [(tokens, y) for tokens, y in rows if tokens is not None]
+        # vocabulary from the (already cut) train tokens, as the S4 pipeline builds it
+        self.vocab = Vocab.build((tokens for tokens, _ in tokenized['train']), min_freq=self.min_freq)
+        splits = {split: TokenDataset([RaggedTokens.from_list([self.vocab.encode(t, eos=self.append_eos)
+                                                               for t, _ in rows])],
+                                      np.asarray([y for _, y in rows], dtype=np.int64))
+                  for split, rows in tokenized.items()}
         return splits['train'], splits['test'], splits['test']
 
     def extra_stats(self) -> dict:
