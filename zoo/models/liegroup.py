@@ -695,9 +695,9 @@ default_cfgs = generate_default_cfgs({
     'liegroup_sl2': _cfg(description='R^2 x SL(2,R) GResNet, paper configuration (width 40, 10 samples)'),
     'liegroup_gl2': _cfg(description='R^2 x GL+(2,R) GResNet, paper configuration (width 40, 10 samples)'),
     'liegroup_sl2_small': _cfg(
-        pool_size=(5, 5), description='R^2 x SL(2,R) GResNet, CPU configuration (width 16, 4 samples, stem pool)'),
+        pool_size=(5, 5), description='R^2 x SL(2,R) GResNet, CPU configuration (width 8, 4 samples, stem pool)'),
     'liegroup_gl2_small': _cfg(
-        pool_size=(5, 5), description='R^2 x GL+(2,R) GResNet, CPU configuration (width 16, 4 samples, stem pool)'),
+        pool_size=(5, 5), description='R^2 x GL+(2,R) GResNet, CPU configuration (width 8, 4 samples, stem pool)'),
     'liegroup_cnn': _cfg(
         first_conv='stem.conv', description='plain CNN with the GResNet layout, parameter count of liegroup_sl2'),
     'liegroup_cnn_small': _cfg(
@@ -729,13 +729,13 @@ def liegroup_gl2(pretrained=False, **kwargs) -> LieGroupResNet:
 
 @register_model
 def liegroup_sl2_small(pretrained=False, **kwargs) -> LieGroupResNet:
-    model_args = dict(group='sl2', num_samples=4, width=16, stem_pool=True)
+    model_args = dict(group='sl2', num_samples=4, width=8, stem_pool=True)
     return _create_liegroup('liegroup_sl2_small', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def liegroup_gl2_small(pretrained=False, **kwargs) -> LieGroupResNet:
-    model_args = dict(group='gl2', num_samples=4, width=16, stem_pool=True)
+    model_args = dict(group='gl2', num_samples=4, width=8, stem_pool=True)
     return _create_liegroup('liegroup_gl2_small', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
@@ -747,5 +747,5 @@ def liegroup_cnn(pretrained=False, **kwargs) -> LieGroupResNet:
 
 @register_model
 def liegroup_cnn_small(pretrained=False, **kwargs) -> LieGroupResNet:
-    model_args = dict(group='none', width=32, stem_pool=True)
+    model_args = dict(group='none', width=23, stem_pool=True)
     return _create_liegroup('liegroup_cnn_small', pretrained=pretrained, **dict(model_args, **kwargs))
