@@ -199,6 +199,8 @@ def test_errors():
         S4D(4, 8, n_ssm=3)
     with pytest.raises(ValueError, match='H=4'):
         S4D(4, 8)(torch.randn(1, 5, 10))
+    with pytest.raises(ValueError, match='lr keys'):
+        S4D(4, 8, lr={'C': 1e-3})
 
 
 def test_low_precision_parameters_and_autocast_keep_a_float32_kernel():

@@ -143,6 +143,8 @@ class S4DKernel(nn.Module):
         if not learn_B:
             # B is redundant with C up to its optimizer settings; the minimal official layer folds it into C.
             self.C.data.copy_(torch.view_as_real(torch.view_as_complex(self.C.data) * B.repeat(d_model // n_ssm, 1)))
+        if isinstance(lr, Mapping) and not set(lr) <= {'dt', 'A', 'B'}:
+            raise ValueError(f"lr keys must be among 'dt', 'A', 'B', got {sorted(lr)}")
         lrs = lr if isinstance(lr, Mapping) else {'dt': lr, 'A': lr, 'B': lr}
         self._register('log_dt', log_dt, lrs.get('dt'))
         self._register('log_A_real', torch.log(-A_real), lrs.get('A'))
