@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from .layers import LongConvLayer
 
-__all__ = ['S4D', 'S4DKernel', 'S4D_INITS', 'S4D_DISCRETIZATIONS']
+__all__ = ['S4D', 'S4DKernel', 'S4D_INITS', 'S4D_DISCRETIZATIONS', 'legs_diagonal', 's4d_init', 'vandermonde_real']
 
 S4D_INITS = ('lin', 'inv', 'legs', 'real', 'rand')
 S4D_DISCRETIZATIONS = ('zoh', 'bilinear', 'dss')

@@ -14,7 +14,9 @@ Inputs, as each model's `pretrained_cfg['description']` says:
   * token tasks: int64 ids (B, L) (retrieval: (B, 2, L)) with 0 <= id < `model.vocab_size`, and optional
     `lengths` (B,) (retrieval: (B, 2)) counting the valid tokens of right-padded sequences;
   * pixel tasks: float (B, C, H, W) images, read in raster order, or (B, L, C) sequences.
-L may not exceed `model.seq_len` (the kernel length the layers were built for).
+L may not exceed `model.seq_len` (the kernel length the layers were built for). `lengths` select the positions that
+are pooled; as in the official LRA pipelines, padded positions still run through the blocks (with bidirectional
+kernels they reach the valid positions; BatchNorm statistics include them).
 """
 from typing import Optional
 
