@@ -164,6 +164,7 @@ def test_bad_names():
         weights.download('inceptionnext_atto.in22k')
 
 
+@pytest.mark.slow
 def test_verify(tmp_path, files, capsys):
     for name, data in files.items():
         if '/' not in name:
@@ -213,6 +214,7 @@ def _lightning_checkpoint(path, num_classes=10, in_chans=1, compiled=False):
     return net, ema
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('use_ema, compiled', [(False, False), (True, False), (False, True)])
 def test_export_loads_with_timm(tmp_path, capsys, use_ema, compiled):
     ckpt, out = tmp_path / 'last.ckpt', tmp_path / 'digits.safetensors'
@@ -229,14 +231,13 @@ def test_export_loads_with_timm(tmp_path, capsys, use_ema, compiled):
     meta = weights.read_metadata(out)
     assert meta['model_name'] == ARCH and meta['ema'] == str(use_ema).lower()
 
-    model = timm.create_model(ARCH, pretrained=True, num_classes=10, in_chans=1,
-                              pretrained_cfg_overlay=dict(file=str(out), num_classes=10))
+    # the printed snippet is the create_model(pretrained=True, pretrained_cfg_overlay=dict(file=OUT, ...)) call
+    assert summary['load'].startswith(f"timm.create_model('{ARCH}', pretrained=True, "
+                                      f"pretrained_cfg_overlay=dict(file='{out}', num_classes=10")
+    model = eval(summary['load'], {'timm': timm})
     assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
-    # the printed snippet is a working create_model call
-    reloaded = eval(summary['load'], {'timm': timm})
-    assert torch.equal(reloaded.head.fc2.weight, expected['head.fc2.weight'])
-    # verify reads num_classes / in_chans from the file's metadata
-    assert weights.verify(out, model_name=ARCH)['fits'] == ARCH
+    if not use_ema and not compiled:  # verify reads num_classes / in_chans from the file's metadata
+        assert weights.verify(out, model_name=ARCH)['fits'] == ARCH
 
 
 def test_export_errors(tmp_path, atto_state):
