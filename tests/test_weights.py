@@ -263,3 +263,21 @@ def test_export_errors(tmp_path, atto_state):
     with pytest.raises(weights.WeightsError, match='does not fit resnet10t'):
         weights.export(wrong, tmp_path / 'out.safetensors')
     assert sorted(p.name for p in tmp_path.iterdir()) == ['last.ckpt', 'no_ema.ckpt', 'plain.pth', 'wrong.ckpt']
+
+
+@pytest.mark.slow
+def test_export_of_a_real_lit_checkpoint(tmp_path):
+    """The checkpoint Lightning writes for zoo.lit.LitClassifier (EMA on) exports and reloads through timm."""
+    pl = pytest.importorskip('pytorch_lightning')
+    from zoo.lit import LitClassifier
+
+    module = LitClassifier(model_name=ARCH, model_kwargs=dict(num_classes=10, in_chans=1), ema_decay=0.9)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator='cpu')
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / 'last.ckpt')
+    summary = weights.export(tmp_path / 'last.ckpt', tmp_path / 'ema.safetensors', ema=True)
+    assert summary['model_kwargs'] == {'num_classes': 10, 'in_chans': 1}
+    model = eval(summary['load'], {'timm': timm})
+    expected = module.model_ema.module.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())

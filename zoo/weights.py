@@ -157,6 +157,9 @@ def check_fits(state_dict: Dict[str, torch.Tensor], model_name: str, source='che
     num_classes = model_kwargs.get('num_classes', cfg.num_classes if cfg else None)
     if num_classes is not None:
         overlay['num_classes'] = num_classes  # else timm drops a classifier whose size differs from the cfg's
+    stem = state_dict.get(f'{cfg.first_conv}.weight') if cfg and isinstance(cfg.first_conv, str) else None
+    if stem is not None and stem.ndim == 4 and stem.shape[1] == model_kwargs.get('in_chans', 3):
+        overlay['input_size'] = (stem.shape[1],) + tuple(cfg.input_size[1:])  # trained on this many channels
     try:
         return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **model_kwargs)
     except (RuntimeError, KeyError, ValueError) as e:
