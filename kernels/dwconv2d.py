@@ -6,8 +6,8 @@ and slice of a packed fp32 weight vector. A plain depthwise conv is one segment;
 launch and writes the concatenated output directly.
 
 Work decomposition (one program = one block of channels of one segment x one spatial tile x one sample):
-- forward / input grad: the program loads its output tile's input window once per tap (the halo window is re-read
-  from L1/L2, never from HBM more than once in practice), multiplies by the per-channel tap weight and accumulates in
+- forward / input grad: the program loads its output tile's shifted input window once per tap (so the halo window
+  is re-read from L1/L2 k*k times, from HBM about once), multiplies by the per-channel tap weight and accumulates in
   fp32. The input grad is the same kernel run on dy with the flipped taps and the complementary padding.
 - weight grad: per program a blocked reduction over its tile and a chunk of the batch, one plain store per tap into
   a (splits, weights) fp32 scratch that a final `sum(0)` reduces: no atomics at all.
@@ -35,7 +35,7 @@ def _dw_fwd_kernel(
         dil_h, dil_w,
         HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
 ):
-    seg = seg_ptr + tl.program_id(0) * 7
+    seg = seg_ptr + tl.program_id(0) * 7  # SEG_FIELDS columns
     pid_t = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     c0 = tl.load(seg)
@@ -84,7 +84,7 @@ def _dw_wgrad_kernel(
         HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
 ):
     """dw[c, i, j] = sum_{b, oh, ow} dy[b, c, oh, ow] * x[b, c, oh - pad_h + i*dil_h, ow - pad_w + j*dil_w]."""
-    seg = seg_ptr + tl.program_id(0) * 7
+    seg = seg_ptr + tl.program_id(0) * 7  # SEG_FIELDS columns
     pid_t = tl.program_id(1)
     pid_b = tl.program_id(2)
     split = (pid_t * tl.num_programs(2) + pid_b).to(tl.int64)
@@ -154,8 +154,8 @@ def pick_tiles(channels: int, h: int, w: int, channels_last: bool) -> tuple[int,
 
     1024 elements per program on a GPU. NCHW tiles run along W (the contiguous axis) and stay wide so the halo
     re-read per tap stays near 2x the tile; channels_last tiles are 8x8 pixels by up to 16 channels (32 contiguous
-    bytes per pixel in 16-bit types) on 8 warps. Both compile for sm_90 at 58-69 registers without spills (checked
-    with ptxas, no GPU needed); the sizes themselves are untuned first guesses: sweep them on a GPU.
+    bytes per pixel in 16-bit types) on 8 warps (32 channels on 4 warps needed 238 registers). Both compile for
+    sm_90 without spills (tests compile them with ptxas, no GPU needed); the sizes are untuned first guesses.
     The interpreter gets one tile per plane where possible since each program costs a Python loop there.
     """
     if INTERPRET:
