@@ -112,6 +112,11 @@ class DigitsDataModule(pl.LightningDataModule):
     def test_dataloader(self):
         return self.val_dataloader()
 
+    def data_config(self) -> dict:
+        """What the images went through, in timm's data-config terms (no crop; bilinear resize)."""
+        return {'input_size': (self.in_chans, self.img_size, self.img_size), 'crop_pct': 1.0,
+                'interpolation': 'bilinear', 'mean': (MNIST_MEAN,) * self.in_chans, 'std': (MNIST_STD,) * self.in_chans}
+
     def describe(self) -> dict:
         self.setup()
         return {

@@ -18,6 +18,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.inception_next import MetaNeXt
 
 import kernels
+from .layers import check_image_input
 
 __all__ = ['InceptionMixer', 'InceptionNeXt']
 
@@ -99,6 +100,16 @@ class InceptionNeXt(MetaNeXt):
         )
         super().__init__(token_mixers=mixer, **kwargs)
         self.kernel_backend = kernel_backend
+        # Each of the stem and three downsamplings needs at least one output pixel (2x2 conv, stride 2).
+        self.min_input_size = self.feature_info[-1]['reduction']
+
+    def forward_features(self, x):
+        check_image_input(x, self.in_chans, self.min_input_size, type(self).__name__)
+        return super().forward_features(x)
+
+    def forward_intermediates(self, x, *args, **kwargs):
+        check_image_input(x, self.in_chans, self.min_input_size, type(self).__name__)
+        return super().forward_intermediates(x, *args, **kwargs)
 
 
 def _cfg(file_name: str, timm_tag: str, **kwargs):
