@@ -19,6 +19,7 @@ def _stdout_objects(capsys):
     return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_zoo_and_timm_models_with_results_file_and_plot(tmp_path, capsys):
     csv_file, png = tmp_path / 'bench.csv', tmp_path / 'bench.png'
     results = bench.main(['--model', 'inceptionnext_atto', '--model', 'resnet10t', *TINY,
@@ -115,12 +116,25 @@ def test_token_model_inputs_seq_len_and_tokens_per_sec(monkeypatch):
     assert r['train_tokens_per_sec'] == pytest.approx(r['train_samples_per_sec'] * 48, rel=1e-3)
 
 
-def test_image_task_sequence_model_counts_pixels_as_tokens(monkeypatch):
-    monkeypatch.setattr(bench, '_is_sequence_model', lambda name: True)
-    (r,) = bench.main(['--model', 'resnet10t', *TINY, '--bench', 'inference'])
-    assert r['infer_tokens_per_sec'] == pytest.approx(r['infer_samples_per_sec'] * 32 * 32, rel=1e-3)
+TINY_SEQ = ['-b', '2', '--num-warm-iter', '1', '--num-bench-iter', '1', '--device', 'cpu',
+            '--model-kwargs', 'embed_dim=8', 'depth=1']
+
+
+def test_zoo_sequence_models():
+    # token retrieval model (B, 2, L) at --seq-len, and an image-task model fed (B, 1, H, W) at --img-size
+    (tokens,) = bench.main(['--model', 's4d_lra_retrieval', '--seq-len', '64', *TINY_SEQ])
+    assert tokens['infer_img_size'] == 64
+    assert tokens['train_tokens_per_sec'] == pytest.approx(tokens['train_samples_per_sec'] * 2 * 64, rel=1e-3)
+    (pixels,) = bench.main(['--model', 'sgconv_lra_image', '--img-size', '8', '--kernel-backend', 'torch', *TINY_SEQ])
+    assert pixels['infer_img_size'] == 8
+    assert pixels['infer_tokens_per_sec'] == pytest.approx(pixels['infer_samples_per_sec'] * 64, rel=1e-3)
     with pytest.raises(SystemExit, match='takes images; set its size with --img-size'):
-        bench.main(['--model', 'resnet10t', '--seq-len', '64', '--bench', 'inference'])
+        bench.main(['--model', 'sgconv_lra_image', '--seq-len', '64', *TINY_SEQ])
+
+
+def test_in_chans_from_model_kwargs():
+    (r,) = bench.main(['--model', 'resnet10t', *TINY, '--bench', 'inference', '--model-kwargs', 'in_chans=1'])
+    assert 'error' not in r
 
 
 def test_unknown_model_alone_is_a_clear_error():

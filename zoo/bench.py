@@ -123,8 +123,9 @@ def create_bench_model(name: str, args) -> nn.Module:
     kwargs = dict(args.model_kwargs)
     if args.num_classes is not None:
         kwargs['num_classes'] = args.num_classes
-    if args.seq_len is not None and _is_sequence_model(name):
-        kwargs.setdefault('seq_len', args.seq_len)
+    seq_len = _requested_seq_len(name, args)
+    if seq_len is not None:
+        kwargs.setdefault('seq_len', seq_len)
     if args.kernel_backend is not None:
         kwargs['kernel_backend'] = args.kernel_backend
     try:
@@ -143,6 +144,16 @@ def _is_sequence_model(name: str) -> bool:
     return name in timm.list_models(module=SEQUENCE_MODULE)
 
 
+def _requested_seq_len(name: str, args) -> Optional[int]:
+    """The sequence length a sequence model is built for: --seq-len for token models, H*W for image tasks."""
+    if not _is_sequence_model(name):
+        return None
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is not None and len(cfg.input_size) == 3:
+        return args.img_size ** 2 if args.img_size else None
+    return args.seq_len
+
+
 class BenchInput:
     """The input a model takes: random images (B, C, H, W) or random token ids (B, L) / (B, 2, L)."""
 
@@ -159,6 +170,9 @@ class BenchInput:
             overrides = {} if args.img_size is None else {'img_size': args.img_size}
             input_size = resolve_data_config(overrides, model=model, use_test_size=not args.use_train_size)[
                 'input_size']
+            # the channels the model was built with (timm's resolver assumes 3 when the size is overridden)
+            in_chans = args.model_kwargs.get('in_chans') or (model.pretrained_cfg or {}).get('input_size', (3,))[0]
+            input_size = (in_chans,) + tuple(input_size[1:])
         self.input_size = tuple(input_size)
         # tokens one sample carries: L (x2 for retrieval pairs), or H*W pixels for an image-task sequence model
         self.tokens_per_sample = math.prod(self.input_size if self.vocab_size else self.input_size[1:])
