@@ -206,13 +206,17 @@ class _Canvas:
         occupied pixels; the callers mark the border as occupied."""
         return not (paddle.region(blocked)[paddle.foot >= 0.99] > 0.3).any()
 
-    def _seed(self, blocked: np.ndarray, contrast: float, tail=None):
-        """Place a first paddle (random orientation); returns (tail, pivot, theta, paddle) or None."""
+    def _seed(self, blocked: np.ndarray, contrast: float, near=None):
+        """Place a first paddle (random orientation); returns (tail, pivot, theta, paddle) or None.
+
+        Without ``near`` the tail is uniform over the points where the paddle's footprint is free; with
+        ``near=(point, distance)`` it is ``distance`` from ``point`` in a random direction (second target seed).
+        """
         p, m = self.p, self.margin
-        free = np.flatnonzero(blocked.ravel() <= 0.3) if tail is None else None
+        free = np.flatnonzero(blocked.ravel() <= 0.3) if near is None else None
         for _ in range(p.max_paddle_retrial + 1):
             theta = self._random_theta()
-            if tail is None:
+            if near is None:
                 found = None
                 for idx in self.rng.choice(free, size=min(len(free), 64), replace=False) if len(free) else ():
                     cand = divmod(int(idx), p.resolution)
@@ -224,7 +228,9 @@ class _Canvas:
                     return None  # no room left for this orientation's footprint
                 start, paddle = found
             else:
-                start, paddle = tail, None
+                (y, x), dist = near
+                phi = int(self.rng.integers(0, 360)) * math.pi / 180
+                start, paddle = (int(round(y + dist * math.sin(phi))), int(round(x + dist * math.cos(phi)))), None
             head = _advance(start, theta, p.paddle_length)
             pivot = _advance(head, _flip(theta), p.paddle_length + m)
             if self._inside(start) and self._inside(head) and self._inside(pivot):
@@ -288,9 +294,7 @@ class _Canvas:
         first = self._seed(banded, paddle_contrast() * contrasts[0])
         if first is None:
             return None
-        phi = int(self.rng.integers(0, 360)) * math.pi / 180
-        tail2 = (int(round(first[0][0] + sd * math.sin(phi))), int(round(first[0][1] + sd * math.cos(phi))))
-        second = self._seed(mask, paddle_contrast() * contrasts[1], tail=tail2)
+        second = self._seed(mask, paddle_contrast() * contrasts[1], near=(first[0], sd))
         if second is None:
             return None
         snakes = [_Snake(s[1], s[2], s[3], s[0]) for s in (first, second)]
