@@ -172,7 +172,7 @@ def test_verify(tmp_path, files, capsys):
     good = tmp_path / 'good.pth'
     assert weights.main(['verify', str(good), '--sha256', _sha(files['good.pth']), '--model', ARCH]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary['fits'] == ARCH and summary['params'] == sum(
+    assert summary['fits'] == ARCH and summary['numel'] == sum(
         v.numel() for v in torch.load(good, weights_only=True).values())
     assert weights.verify(tmp_path / 'good.safetensors', model_name=ARCH)['fits'] == ARCH
     # timm adapts a 3-channel stem to in_chans=1, as create_model(pretrained=True, in_chans=1) does

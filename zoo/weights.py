@@ -298,7 +298,7 @@ def verify(path, sha256: Optional[str] = None, model_name: Optional[str] = None,
         check_sha256(path, sha256)
     state_dict = read_state_dict(path)
     summary = dict(file=str(path), sha256=sha256_of(path), tensors=len(state_dict),
-                   params=sum(v.numel() for v in state_dict.values()))
+                   numel=sum(v.numel() for v in state_dict.values()))  # parameters and buffers
     if model_name:
         kwargs = json.loads(read_metadata(path).get('model_kwargs', '{}'))
         kwargs.update(model_kwargs or {})
