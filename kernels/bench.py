@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--precision', default='bfloat16', choices=tuple(DTYPES))
     parser.add_argument('--bench', default='both', choices=('forward', 'train', 'both'),
                         help='forward only, forward+backward, or both')
+    parser.add_argument('--no-tensor-cores', action='store_true',
+                        help='dwconv2d / inception_dw: direct kernel only (no tl.dot forward for fp16/bf16 NCHW)')
     parser.add_argument('--impl', action='append', default=None, metavar='NAME',
                         help='restrict to these implementations (repeatable; see the keys of the output)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -190,6 +192,8 @@ def run(args) -> List[Dict]:
     torch.backends.cudnn.enabled = True
     torch.backends.cudnn.benchmark = True  # the best cuDNN algorithm for the PyTorch baseline
     triton_ok = kernels.HAS_TRITON and (device.type == 'cuda' or kernels.INTERPRET)
+    if triton_ok and args.no_tensor_cores:
+        sys.modules['kernels.dwconv2d'].TENSOR_CORE_MIN_SIZE = 0
     peak = peak_gbps(device, args.peak_gbps)
     rows = []
     for info, impls, fwd_bytes, out_shape in CASES[args.kernel](args, device, dtype):

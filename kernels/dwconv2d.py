@@ -9,6 +9,9 @@ Work decomposition (one program = one block of channels of one segment x one spa
 - forward / input grad: the program loads its output tile's shifted input window once per tap (so the halo window
   is re-read from L1/L2 k*k times, from HBM about once), multiplies by the per-channel tap weight and accumulates in
   fp32. The input grad is the same kernel run on dy with the flipped taps and the complementary padding.
+  fp16/bf16 NCHW planes of at least TENSOR_CORE_MIN_SIZE use `_dw_fwd_dot_kernel` instead: one channel per
+  program, per kernel row a tensor-core product of the input window with a banded Toeplitz matrix of the row's
+  taps, so the loads per output drop from k*k to k.
 - weight grad: per program a blocked reduction over its tile and a chunk of the batch, one plain store per tap into
   a (splits, weights) fp32 scratch that a final `sum(0)` reduces: no atomics at all.
 Both memory formats are handled through strides; the tile shape follows the layout (pixel-major tiles for NCHW,
@@ -25,6 +28,9 @@ import triton.language as tl
 # Triton decides at decoration time whether kernels are interpreted (TRITON_INTERPRET=1, CPU tensors) or compiled.
 INTERPRET = os.environ.get('TRITON_INTERPRET', '0').lower() in ('1', 'true', 'on', 'yes')
 SEG_FIELDS = 7  # segment-table columns: c_begin, c_end, kh, kw, pad_h, pad_w, weight offset of c_begin
+# fp16/bf16 NCHW convs on planes at least this large use the tensor-core (Toeplitz tl.dot) forward; smaller planes
+# would waste most of its 16x16 minimum tile. 0 disables it.
+TENSOR_CORE_MIN_SIZE = 12
 
 
 @triton.jit
@@ -141,6 +147,52 @@ def _dw_wgrad_kernel(
             iw += dil_w
 
 
+@triton.jit
+def _dw_fwd_dot_kernel(
+        x_ptr, w_ptr, b_ptr, y_ptr, seg_ptr,
+        H_in, W_in, H_out, W_out, n_tiles_w,
+        sxb, sxc, sxh, sxw, syb, syc, syh, syw,
+        dil_h, dil_w,
+        HAS_BIAS: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, KPAD: tl.constexpr,
+):
+    """Tensor-core forward for fp16/bf16 NCHW, one channel per program: for each kernel row i,
+    y_tile += X_i (TILE_H x KPAD input window) @ T_i (KPAD x TILE_W banded Toeplitz matrix of row i's taps),
+    so each output costs one load per kernel row instead of one per tap."""
+    seg = seg_ptr + tl.program_id(0) * 7  # SEG_FIELDS columns; one channel per row here
+    pid_t = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    c = tl.load(seg)
+    kh_size = tl.load(seg + 2)
+    kw_size = tl.load(seg + 3)
+    pad_h = tl.load(seg + 4)
+    pad_w = tl.load(seg + 5)
+    w_row = w_ptr + tl.load(seg + 6)
+
+    oh = (pid_t // n_tiles_w) * TILE_H + tl.arange(0, TILE_H)
+    ow0 = (pid_t % n_tiles_w) * TILE_W
+    kk = tl.arange(0, KPAD)
+    nn = tl.arange(0, TILE_W)
+    iw = ow0 - pad_w + kk  # input columns of the window
+    col_ok = (iw >= 0) & (iw < W_in)
+    lag = kk[:, None] - nn[None, :]  # window column - output column = tap * dil_w on the band
+    tap = lag // dil_w
+    band = (lag >= 0) & (lag % dil_w == 0) & (tap < kw_size)
+
+    x_base = x_ptr + b * sxb + c * sxc + (iw * sxw)[None, :]
+    acc = tl.zeros([TILE_H, TILE_W], dtype=tl.float32)
+    for i in range(kh_size):
+        ih = oh + (i * dil_h - pad_h)
+        xw = tl.load(x_base + (ih * sxh)[:, None], mask=((ih >= 0) & (ih < H_in))[:, None] & col_ok[None, :],
+                     other=0.0)
+        toeplitz = tl.load(w_row + i * kw_size + tap, mask=band, other=0.0).to(xw.dtype)
+        acc = tl.dot(xw, toeplitz, acc)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + c).to(tl.float32)
+    ow = ow0 + nn
+    y_ptrs = y_ptr + b * syb + c * syc + (oh * syh)[:, None] + (ow * syw)[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(oh < H_out)[:, None] & (ow < W_out)[None, :])
+
+
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -208,10 +260,24 @@ def conv_segments_fwd(x: torch.Tensor, w_packed: torch.Tensor, b_packed: Optiona
     B, C, H, W = x.shape
     H_out, W_out = out_hw
     cl = is_channels_last(x)
+    y = _out_like(x, H_out, W_out, cl)
+    if (not cl and x.dtype in (torch.float16, torch.bfloat16) and TENSOR_CORE_MIN_SIZE
+            and min(H_out, W_out) >= TENSOR_CORE_MIN_SIZE):
+        tile_h, tile_w = max(16, min(_next_pow2(H_out), 32)), max(16, min(_next_pow2(W_out), 32))
+        span = max(dilation[1] * (kw - 1) for _, _, _, kw, *_ in segments)
+        table = segment_table(segments, 1, x.device)
+        n_tiles_w = triton.cdiv(W_out, tile_w)
+        grid = (table.shape[0], triton.cdiv(H_out, tile_h) * n_tiles_w, B)
+        _dw_fwd_dot_kernel[grid](
+            x, w_packed, w_packed if b_packed is None else b_packed, y, table,
+            H, W, H_out, W_out, n_tiles_w,
+            *x.stride(), *y.stride(), *dilation,
+            HAS_BIAS=b_packed is not None, TILE_H=tile_h, TILE_W=tile_w, KPAD=_next_pow2(tile_w + span), num_warps=4,
+        )
+        return y
     max_c = max(s[1] - s[0] for s in segments)
     block_c, tile_h, tile_w, num_warps = pick_tiles(max_c, H_out, W_out, cl)
     table = segment_table(segments, block_c, x.device)
-    y = _out_like(x, H_out, W_out, cl)
     n_tiles_w = triton.cdiv(W_out, tile_w)
     grid = (table.shape[0], triton.cdiv(H_out, tile_h) * n_tiles_w, B)
     _dw_fwd_kernel[grid](

@@ -178,6 +178,42 @@ def test_dwconv2d_triton_strided_input_and_autocast():
     _assert_close(y, y_ref, atol=5e-2, rtol=2e-2)
 
 
+@needs_triton
+@pytest.mark.parametrize('B,C,H,W,ks,dil', [
+    (2, 3, 9, 13, (3, 3), 1), (1, 2, 11, 9, (13, 13), 1), (1, 3, 9, 20, (1, 11), 2), (2, 2, 17, 7, (11, 1), 1)])
+def test_dwconv2d_tensor_core_forward(monkeypatch, B, C, H, W, ks, dil):
+    """The fp16/bf16 NCHW forward (and input grad) through the Toeplitz tl.dot kernel; fp16 here (the interpreter
+    cannot compute in bf16). Weights enter the dot in the input's dtype, as in cuDNN."""
+    monkeypatch.setattr(sys.modules['kernels.dwconv2d'], 'TENSOR_CORE_MIN_SIZE', 1)  # tiny planes take it too
+    g = torch.Generator().manual_seed(H * W)
+    x = torch.randn(B, C, H, W, generator=g).to(DEVICE, torch.float16).requires_grad_()
+    w = torch.randn(C, 1, *ks, generator=g).to(DEVICE, torch.float16).float().requires_grad_()
+    b = torch.randn(C, generator=g).to(DEVICE).requires_grad_()
+    y, grads = _grads(lambda *a: kernels.dwconv2d(*a, dilation=dil, backend='triton'), (x, w, b))
+    x32 = x.detach().float().requires_grad_()
+    y_ref, grads_ref = _grads(lambda *a: kernels.dwconv2d(*a, dilation=dil, backend='torch'), (x32, w, b))
+    assert y.dtype == torch.float16
+    for a, e in zip((y, *grads), (y_ref, *grads_ref)):
+        assert (a.float() - e).abs().max() <= 2e-3 * e.abs().max()
+
+
+@needs_triton
+def test_inception_dw_tensor_core_forward(monkeypatch):
+    monkeypatch.setattr(sys.modules['kernels.dwconv2d'], 'TENSOR_CORE_MIN_SIZE', 1)
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(2, 11, 9, 7, generator=g).to(DEVICE, torch.float16).requires_grad_()
+    params = []
+    for ks in ((3, 3), (1, 11), (11, 1)):
+        params += [torch.randn(3, 1, *ks, generator=g).to(DEVICE, torch.float16).float().requires_grad_(),
+                   torch.randn(3, generator=g).to(DEVICE).requires_grad_()]
+    y, grads = _grads(lambda *a: kernels.inception_dw(*a, backend='triton'), (x, *params))
+    x32 = x.detach().float().requires_grad_()
+    y_ref, grads_ref = _grads(lambda *a: kernels.inception_dw(*a, backend='torch'), (x32, *params))
+    assert torch.equal(y[:, :2], x[:, :2])  # the identity split through the dot (weight 1) stays exact
+    for a, e in zip((y, *grads), (y_ref, *grads_ref)):
+        assert (a.float() - e).abs().max() <= 2e-3 * e.abs().max()
+
+
 INCEPTION_CASES = [
     # B, C, gc, H, W, square, band, channels_last, bias
     (2, 11, 3, 9, 7, 3, 11, False, True),
@@ -417,6 +453,10 @@ for arch in (90,):
             io.update({n: '*' + dt for n in ('x_ptr', 'y_ptr', 'dy_ptr')})
             for kernel in (dw._dw_fwd_kernel, dw._dw_wgrad_kernel):
                 report.append((arch, dt, kernel.fn.__name__, meta, build(kernel, io, meta, warps, arch)))
+        if dt == 'bf16':
+            for tile, kpad in ((32, 64), (16, 32), (32, 128)):  # 13x13 on 28x28 / 14x14 planes, 31x31 or dilated
+                meta = dict(HAS_BIAS=True, TILE_H=tile, TILE_W=tile, KPAD=kpad)
+                report.append((arch, dt, 'dot', meta, build(dw._dw_fwd_dot_kernel, io, meta, 4, arch)))
         io = {n: '*fp32' for n in ('dst_ptr', 'full_ptr', 'd_ptr', 'part_ptr', 'dyf_ptr', 'uf_ptr', 'kf_ptr',
                                    'duf_ptr', 'dkf_ptr')}
         io.update({n: '*' + dt for n in ('src_ptr', 'tail_ptr', 's_ptr', 't_ptr', 'out_ptr')})
@@ -438,6 +478,6 @@ def test_kernels_compile_for_cuda_without_spills():
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(report) == 2 * (3 * 2 + 3)
+    assert len(report) == 2 * (3 * 2 + 3) + 3
     for arch, dtype, name, meta, usage in report:
         assert usage and all('LOCAL:0' in u for u in usage), (arch, dtype, name, meta, usage)
