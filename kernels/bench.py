@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--bench', default='both', choices=('forward', 'train', 'both'),
                         help='forward only, forward+backward, or both')
     parser.add_argument('--no-tensor-cores', action='store_true',
-                        help='dwconv2d / inception_dw: direct kernel only (no tl.dot forward for fp16/bf16 NCHW)')
+                        help='dwconv2d / inception_dw: direct kernels only (no tl.dot kernels for fp16/bf16 NCHW)')
     parser.add_argument('--impl', action='append', default=None, metavar='NAME',
                         help='restrict to these implementations (repeatable; see the keys of the output)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')

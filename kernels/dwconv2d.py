@@ -11,7 +11,8 @@ Work decomposition (one program = one block of channels of one segment x one spa
   fp32. The input grad is the same kernel run on dy with the flipped taps and the complementary padding.
   fp16/bf16 NCHW planes of at least TENSOR_CORE_MIN_SIZE use `_dw_fwd_dot_kernel` instead: one channel per
   program, per kernel row a tensor-core product of the input window with a banded Toeplitz matrix of the row's
-  taps, so the loads per output drop from k*k to k.
+  taps, so the loads per output drop from k*k to k; their weight grad is `_dw_wgrad_dot_kernel` (per kernel row
+  G = X^T dy on tensor cores, dw = sums of G's band diagonals).
 - weight grad: per program a blocked reduction over its tile and a chunk of the batch, one plain store per tap into
   a (splits, weights) fp32 scratch that a final `sum(0)` reduces: no atomics at all.
 Both memory formats are handled through strides; the tile shape follows the layout (pixel-major tiles for NCHW,
@@ -28,8 +29,8 @@ import triton.language as tl
 # Triton decides at decoration time whether kernels are interpreted (TRITON_INTERPRET=1, CPU tensors) or compiled.
 INTERPRET = os.environ.get('TRITON_INTERPRET', '0').lower() in ('1', 'true', 'on', 'yes')
 SEG_FIELDS = 7  # segment-table columns: c_begin, c_end, kh, kw, pad_h, pad_w, weight offset of c_begin
-# fp16/bf16 NCHW convs on planes at least this large use the tensor-core (Toeplitz tl.dot) forward; smaller planes
-# would waste most of its 16x16 minimum tile. 0 disables it.
+# fp16/bf16 NCHW convs on planes at least this large use the tensor-core (tl.dot) kernels; smaller planes would
+# waste most of their 16x16 minimum tile. 0 disables them.
 TENSOR_CORE_MIN_SIZE = 12
 
 
@@ -193,6 +194,54 @@ def _dw_fwd_dot_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(oh < H_out)[:, None] & (ow < W_out)[None, :])
 
 
+@triton.jit
+def _dw_wgrad_dot_kernel(
+        x_ptr, dy_ptr, dw_ptr, seg_ptr,
+        B, H_in, W_in, H_out, W_out, n_tiles_w, n_wts, batch_per_split,
+        sxb, sxc, sxh, sxw, syb, syc, syh, syw,
+        dil_h, dil_w,
+        TILE_H: tl.constexpr, TILE_W: tl.constexpr, KPAD: tl.constexpr,
+):
+    """Tensor-core weight grad for fp16/bf16 NCHW, one channel per program: per kernel row i,
+    G = sum_b X_i^T (KPAD x TILE_H) @ dy (TILE_H x TILE_W); then dw[i, j] is the sum of G's j-th band diagonal."""
+    seg = seg_ptr + tl.program_id(0) * 7  # SEG_FIELDS columns; one channel per row here
+    pid_t = tl.program_id(1)
+    pid_b = tl.program_id(2)
+    split = (pid_t * tl.num_programs(2) + pid_b).to(tl.int64)
+    c = tl.load(seg)
+    kh_size = tl.load(seg + 2)
+    kw_size = tl.load(seg + 3)
+    pad_h = tl.load(seg + 4)
+    pad_w = tl.load(seg + 5)
+    dw_row = dw_ptr + split * n_wts + tl.load(seg + 6)
+    b_begin = pid_b * batch_per_split
+    b_end = tl.minimum(b_begin + batch_per_split, B)
+
+    oh = (pid_t // n_tiles_w) * TILE_H + tl.arange(0, TILE_H)
+    ow = (pid_t % n_tiles_w) * TILE_W + tl.arange(0, TILE_W)
+    kk = tl.arange(0, KPAD)
+    iw = (pid_t % n_tiles_w) * TILE_W - pad_w + kk
+    col_ok = (iw >= 0) & (iw < W_in)
+    lag = kk[:, None] - tl.arange(0, TILE_W)[None, :]
+    dy_mask = (oh < H_out)[:, None] & (ow < W_out)[None, :]
+    x_base = x_ptr + b_begin.to(tl.int64) * sxb + c * sxc + (iw * sxw)[None, :]
+    dy_base = dy_ptr + b_begin.to(tl.int64) * syb + c * syc + (oh * syh)[:, None] + (ow * syw)[None, :]
+    for i in range(kh_size):
+        ih = oh + (i * dil_h - pad_h)
+        x_mask = ((ih >= 0) & (ih < H_in))[:, None] & col_ok[None, :]
+        x_ptrs = x_base + (ih * sxh)[:, None]
+        dy_ptrs = dy_base
+        gram = tl.zeros([KPAD, TILE_W], dtype=tl.float32)
+        for _ in range(b_begin, b_end):
+            xw = tl.load(x_ptrs, mask=x_mask, other=0.0)
+            dyt = tl.load(dy_ptrs, mask=dy_mask, other=0.0)
+            gram = tl.dot(tl.trans(xw), dyt, gram)
+            x_ptrs += sxb
+            dy_ptrs += syb
+        for j in range(kw_size):
+            tl.store(dw_row + i * kw_size + j, tl.sum(tl.sum(tl.where(lag == j * dil_w, gram, 0.0), axis=1), axis=0))
+
+
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -218,6 +267,16 @@ def pick_tiles(channels: int, h: int, w: int, channels_last: bool) -> tuple[int,
     tile_h = min(_next_pow2(h), max(1, 1024 // tile_w))
     block_c = min(_next_pow2(channels), max(1, 1024 // (tile_h * tile_w)))
     return block_c, tile_h, tile_w, 4
+
+
+def _dot_tiles(x: torch.Tensor, h: int, w: int, segments: tuple, dilation) -> Optional[tuple[int, int, int]]:
+    """(TILE_H, TILE_W, KPAD) when the tensor-core kernels apply (fp16/bf16 NCHW, plane >= TENSOR_CORE_MIN_SIZE)."""
+    if (is_channels_last(x) or x.dtype not in (torch.float16, torch.bfloat16) or not TENSOR_CORE_MIN_SIZE
+            or min(h, w) < TENSOR_CORE_MIN_SIZE):
+        return None
+    tile_h, tile_w = max(16, min(_next_pow2(h), 32)), max(16, min(_next_pow2(w), 32))
+    span = max(dilation[1] * (kw - 1) for _, _, _, kw, *_ in segments)
+    return tile_h, tile_w, _next_pow2(tile_w + span)
 
 
 @functools.lru_cache(maxsize=256)
@@ -261,10 +320,9 @@ def conv_segments_fwd(x: torch.Tensor, w_packed: torch.Tensor, b_packed: Optiona
     H_out, W_out = out_hw
     cl = is_channels_last(x)
     y = _out_like(x, H_out, W_out, cl)
-    if (not cl and x.dtype in (torch.float16, torch.bfloat16) and TENSOR_CORE_MIN_SIZE
-            and min(H_out, W_out) >= TENSOR_CORE_MIN_SIZE):
-        tile_h, tile_w = max(16, min(_next_pow2(H_out), 32)), max(16, min(_next_pow2(W_out), 32))
-        span = max(dilation[1] * (kw - 1) for _, _, _, kw, *_ in segments)
+    dot_tiles = _dot_tiles(x, H_out, W_out, segments, dilation)
+    if dot_tiles:
+        tile_h, tile_w, kpad = dot_tiles
         table = segment_table(segments, 1, x.device)
         n_tiles_w = triton.cdiv(W_out, tile_w)
         grid = (table.shape[0], triton.cdiv(H_out, tile_h) * n_tiles_w, B)
@@ -272,7 +330,7 @@ def conv_segments_fwd(x: torch.Tensor, w_packed: torch.Tensor, b_packed: Optiona
             x, w_packed, w_packed if b_packed is None else b_packed, y, table,
             H, W, H_out, W_out, n_tiles_w,
             *x.stride(), *y.stride(), *dilation,
-            HAS_BIAS=b_packed is not None, TILE_H=tile_h, TILE_W=tile_w, KPAD=_next_pow2(tile_w + span), num_warps=4,
+            HAS_BIAS=b_packed is not None, TILE_H=tile_h, TILE_W=tile_w, KPAD=kpad, num_warps=4,
         )
         return y
     max_c = max(s[1] - s[0] for s in segments)
@@ -301,9 +359,15 @@ def conv_segments_wgrad(x: torch.Tensor, dy: torch.Tensor, segments: list[int], 
     segments = _unflatten(segments)
     B, C, H, W = x.shape
     H_out, W_out = dy.shape[-2:]
-    cl = is_channels_last(x)
-    max_c = max(s[1] - s[0] for s in segments)
-    block_c, tile_h, tile_w, num_warps = pick_tiles(max_c, H_out, W_out, cl)
+    dot_tiles = _dot_tiles(x, H_out, W_out, segments, dilation) if dy.stride() == x.stride() else None
+    if dot_tiles:
+        (tile_h, tile_w, kpad), block_c, num_warps = dot_tiles, 1, 4
+        halo = tile_h * kpad
+    else:
+        block_c, tile_h, tile_w, num_warps = pick_tiles(max(s[1] - s[0] for s in segments), H_out, W_out,
+                                                        is_channels_last(x))
+        halo = max((tile_h + dilation[0] * (kh - 1)) * (tile_w + dilation[1] * (kw - 1))
+                   for _, _, kh, kw, *_ in segments)
     table = segment_table(segments, block_c, x.device)
     n_tiles_w = triton.cdiv(W_out, tile_w)
     n_tiles = triton.cdiv(H_out, tile_h) * n_tiles_w
@@ -312,8 +376,6 @@ def conv_segments_wgrad(x: torch.Tensor, dy: torch.Tensor, segments: list[int], 
     target = 2 if INTERPRET else 4 * _num_sms(x.device)
     n_split_b = max(1, min(B, triton.cdiv(target, table.shape[0] * n_tiles)))
     if not INTERPRET:
-        halo = max((tile_h + dilation[0] * (kh - 1)) * (tile_w + dilation[1] * (kw - 1))
-                   for _, _, kh, kw, *_ in segments)
         chunk_bytes = block_c * (halo + tile_h * tile_w) * x.element_size()
         n_split_b = max(n_split_b, triton.cdiv(B, max(1, (64 * 1024) // chunk_bytes)))
         # ...but keep the fp32 partials (written, then summed) no larger than the input itself.
@@ -322,8 +384,17 @@ def conv_segments_wgrad(x: torch.Tensor, dy: torch.Tensor, segments: list[int], 
     n_split_b = triton.cdiv(B, batch_per_split)
     n_splits = n_tiles * n_split_b
     dw_part = torch.zeros((n_splits, n_wts), dtype=torch.float32, device=x.device)
-    db_part = torch.zeros((n_splits, C), dtype=torch.float32, device=x.device) if with_bias else None
     grid = (table.shape[0], n_tiles, n_split_b)
+    if dot_tiles:
+        _dw_wgrad_dot_kernel[grid](
+            x, dy, dw_part, table,
+            B, H, W, H_out, W_out, n_tiles_w, n_wts, batch_per_split,
+            *x.stride(), *dy.stride(), *dilation,
+            TILE_H=tile_h, TILE_W=tile_w, KPAD=kpad, num_warps=num_warps,
+        )
+        db = dy.sum((0, 2, 3), dtype=torch.float32) if with_bias else dw_part.new_empty(0)
+        return dw_part.sum(0), db
+    db_part = torch.zeros((n_splits, C), dtype=torch.float32, device=x.device) if with_bias else None
     _dw_wgrad_kernel[grid](
         x, dy, dw_part, dw_part if db_part is None else db_part, table,
         B, H, W, H_out, W_out, n_tiles_w, n_wts, C, batch_per_split,
