@@ -244,6 +244,11 @@ class AffineDigitsDataModule(pl.LightningDataModule):
     def test_dataloader(self):
         return DataLoader(self.test_set, batch_size=self.eval_batch_size, num_workers=self.num_workers)
 
+    def data_config(self) -> dict:
+        """What the images went through, in timm's data-config terms (40x40, no crop, scaled to [-1, 1])."""
+        return {'input_size': (1, FRAME, FRAME), 'crop_pct': 1.0, 'interpolation': 'bilinear',
+                'mean': (0.5,), 'std': (0.5,)}
+
     def save_test_set(self, path: str):
         """Write the transformed test set (uint8 images, labels, (2, 3) matrices) as one .pt file."""
         self.setup()
