@@ -48,9 +48,7 @@ from torch.utils.data import Dataset, Subset
 
 from .common import LRADataError, LRADataModule, check_label, missing_data_error, pool_context, seeded_split
 
-DIFFICULTY = 'curv_contour_length_14'
-# One known empty image in the released pathfinder32 easy split (skipped, as the S4 loader does).
-BLACKLIST = {'pathfinder32/curv_baseline/imgs/0/sample_172.png'}
+DIFFICULTY = 'curv_contour_length_14'  # LRA uses the "hard" split only
 
 
 @dataclass(frozen=True)
@@ -504,8 +502,7 @@ class PathfinderDataModule(LRADataModule):
                 self.task, root, ['metadata/<batch>.npy (text lines)', 'imgs/<batch>/sample_<k>.png'],
                 f'Extract lra_release.gz and point data_dir at the folder holding pathfinder{self.resolution}/, '
                 f'or set generate=true to build the images offline.')
-        prefix = f'{root.parent.name}/{DIFFICULTY}/'
-        samples = [s for s in read_pathfinder_metadata(root) if prefix + s[0] not in BLACKLIST]
+        samples = read_pathfinder_metadata(root)
         if not samples:
             raise LRADataError(f'{root / "metadata"}: no samples listed')
         full = PathfinderImages(root, samples, self.resolution, self.center)
