@@ -21,6 +21,7 @@ import logging
 import math
 import sys
 import time
+from functools import partial
 from typing import Dict, List, Optional
 
 import timm
@@ -286,7 +287,7 @@ def benchmark_model(name: str, args) -> Dict:
     if autocast_dtype is None:
         autocast = contextlib.nullcontext
     else:
-        autocast = lambda: torch.autocast(device.type, dtype=autocast_dtype)  # noqa: E731
+        autocast = partial(torch.autocast, device.type, dtype=autocast_dtype)
 
     model = create_bench_model(name, args)
     bench_input = BenchInput(model, name, args)
@@ -315,7 +316,7 @@ def benchmark_model(name: str, args) -> Dict:
     for prefix, bench_fn in phases[args.bench]:
         _logger.info(f"{name}: {prefix} benchmark, input {bench_input.input_size}, batch {args.batch_size}, "
                      f"{args.precision} on {device}")
-        run = lambda b: bench_fn(run_model, make_input, b, timer, autocast, args)  # noqa: E731
+        run = partial(bench_fn, run_model, make_input, timer=timer, autocast=autocast, args=args)
         phase = _with_oom_retry(run, args.batch_size, not args.no_retry, name)
         results[f'{prefix}_samples_per_sec'] = phase['samples_per_sec']
         results[f'{prefix}_step_time'] = phase['step_time']
