@@ -35,7 +35,7 @@ LONGCONV_L = (1024, 2048, 4096, 8192, 16384)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='python -m zoo.bench --kernel', description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(prog='python -m zoo.bench', description=__doc__.split('\n')[0])
     parser.add_argument('--kernel', required=True, choices=('dwconv2d', 'inception_dw', 'longconv'))
     parser.add_argument('--batch-size', '-b', type=int, default=None, metavar='N',
                         help='default 64 (dwconv2d, inception_dw), 16 (longconv)')
