@@ -84,7 +84,8 @@ def _released(tmp_path, rows, resolution=32):
     (root / 'metadata').mkdir(parents=True)
     (root / 'imgs' / '0').mkdir(parents=True)
     for k in range(4):
-        Image.fromarray(np.full((resolution, resolution), 40 * k, np.uint8)).save(root / 'imgs' / '0' / f'sample_{k}.png')
+        image = Image.fromarray(np.full((resolution, resolution), 40 * k, np.uint8))
+        image.save(root / 'imgs' / '0' / f'sample_{k}.png')
     (root / 'metadata' / '0.npy').write_text(''.join(r + '\n' for r in rows))
     return root
 
