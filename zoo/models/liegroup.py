@@ -16,9 +16,7 @@ Differences from the released code (same architecture and kernel maths otherwise
   see g_out^-1 in place of g_in);
 * the final group conv is given the samples its input actually lives on (the lifting samples);
 * the GL+(2) volume factor 1/|det g_in| is applied per input sample (the release broadcasts it over the output
-  samples);
-* on the CPU the large group convolutions run as im2col + one GEMM per image chunk, which MKL runs faster than
-  oneDNN's direct convolution for these 400-channel 5x5 layers.
+  samples).
 
 The timm feature map is the group-pooled map (max over the samples), so `forward_features` is a (B, C, H, W)
 image-like map that transforms by the spatial action; the head's global max pool over it is the paper's invariant
@@ -180,62 +178,6 @@ class KernelNet(nn.Module):
         return self.fc(x)
 
 
-class _Im2colConv2d(torch.autograd.Function):
-    """Stride-1 conv2d as unfold + GEMM over chunks of images, recomputing the unfold in backward.
-
-    On this project's CPUs MKL's GEMM runs the 400-channel 5x5 group convolutions about 2x faster than oneDNN's
-    direct convolution; the chunking bounds the unfolded buffer to ~64 MB whatever the batch size.
-    """
-
-    @staticmethod
-    def _chunk(x: torch.Tensor, weight: torch.Tensor, out_pixels: int) -> int:
-        return max(1, (1 << 24) // (weight[0].numel() * out_pixels))
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
-        B, _, H, W = x.shape
-        O, _, k, _ = weight.shape
-        Ho, Wo = H + 2 * padding - k + 1, W + 2 * padding - k + 1
-        w2 = weight.reshape(O, -1)
-        out = x.new_empty(B, O, Ho * Wo)
-        step = _Im2colConv2d._chunk(x, weight, Ho * Wo)
-        for s in range(0, B, step):
-            cols = F.unfold(x[s:s + step], k, padding=padding)  # (b, C k k, Ho Wo)
-            torch.matmul(w2, cols, out=out[s:s + step])
-        ctx.save_for_backward(x, weight)
-        ctx.padding = padding
-        return out.view(B, O, Ho, Wo)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        p = ctx.padding
-        B, _, H, W = x.shape
-        O, _, k, _ = weight.shape
-        w2 = weight.reshape(O, -1)
-        go = grad_out.reshape(B, O, -1)
-        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros_like(w2) if ctx.needs_input_grad[1] else None
-        step = _Im2colConv2d._chunk(x, weight, go.shape[-1])
-        for s in range(0, B, step):
-            g = go[s:s + step]
-            if grad_w is not None:
-                cols = F.unfold(x[s:s + step], k, padding=p)
-                for gi, ci in zip(g, cols):
-                    grad_w.addmm_(gi, ci.mT)
-            if grad_x is not None:
-                grad_x[s:s + step] = F.fold(w2.mT @ g, (H, W), k, padding=p)
-        return grad_x, None if grad_w is None else grad_w.view_as(weight), None
-
-
-def group_conv2d(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
-    """Stride-1 conv2d: im2col + GEMM on the CPU in float32/64, F.conv2d elsewhere (cuDNN, half precision)."""
-    if x.device.type == 'cpu' and x.dtype in (torch.float32, torch.float64) and weight.shape[1] * x.shape[1] > 1:
-        return _Im2colConv2d.apply(x, weight, padding)
-    return F.conv2d(x, weight, padding=padding)
-
-
 def kernel_grid(kernel_size: int) -> torch.Tensor:
     """(k*k, 2) points (x, y) of a k x k kernel in [-1, 1]^2, pixel centres (align_corners=False), row-major."""
     c = (2 * torch.arange(kernel_size, dtype=torch.float64) + 1) / kernel_size - 1
@@ -308,7 +250,7 @@ class LiftingConv2d(_SampledConv):
 
     def forward(self, x: torch.Tensor, g_out_inv: torch.Tensor) -> torch.Tensor:
         w = self.cached_weight(g_out_inv).to(x.dtype)
-        y = group_conv2d(x, w, self.padding)
+        y = F.conv2d(x, w, padding=self.padding)
         return y.view(y.shape[0], self.out_chans, g_out_inv.shape[0], *y.shape[-2:])
 
 
@@ -344,7 +286,7 @@ class GroupConv2d(_SampledConv):
             raise ValueError(f"GroupConv2d expects (B, {self.in_chans}, {g_in.shape[0]}, H, W) input "
                              f"(channels, input samples), got {tuple(x.shape)}")
         w = self.cached_weight(g_in, g_out_inv).to(x.dtype)
-        y = group_conv2d(x.flatten(1, 2), w, self.padding)
+        y = F.conv2d(x.flatten(1, 2), w, padding=self.padding)
         return y.view(y.shape[0], self.out_chans, g_out_inv.shape[0], *y.shape[-2:])
 
 
