@@ -57,7 +57,7 @@ def test_imdb_layouts(tmp_path, layout):
 
 
 def test_imdb_missing_lists_expected_files(tmp_path):
-    with pytest.raises(LRADataError, match='aclImdb/train') as err:
+    with pytest.raises(LRADataError, match=r'aclImdb/\{train,test\}/\{neg,pos\}') as err:
         IMDBDataModule(str(tmp_path)).setup()
     assert 'parquet' in str(err.value)
 

@@ -9,7 +9,7 @@ import sys
 
 import yaml
 
-from . import TASKS
+from . import TASKS, LRADataError
 
 
 def parse_overrides(args):
@@ -27,7 +27,13 @@ def main(argv=None) -> None:
     if len(argv) < 2 or argv[0] not in ('describe', 'generate') or argv[1] not in TASKS:
         raise SystemExit(__doc__ + f'\ntasks: {", ".join(TASKS)}')
     command, task = argv[0], argv[1]
-    kwargs = parse_overrides(argv[2:])
+    try:
+        run(command, task, parse_overrides(argv[2:]))
+    except LRADataError as e:
+        raise SystemExit(f'error: {e}') from None
+
+
+def run(command: str, task: str, kwargs: dict) -> None:
     if 'data_dir' not in kwargs:
         raise SystemExit('data_dir=<path> is required')
     if command == 'generate':

@@ -20,9 +20,10 @@ import numpy as np
 from .common import (LRADataError, LRADataModule, RaggedTokens, TokenDataset, Vocab, check_label, collate_tokens,
                      missing_data_error, truncate_tokens)
 
-EXPECTED = ['plain_text/train-00000-of-00001.parquet and plain_text/test-00000-of-00001.parquet (HF imdb)',
-            'or train/data-*.arrow and test/data-*.arrow (HF datasets save_to_disk)',
-            'or aclImdb/train/{neg,pos}/*.txt and aclImdb/test/{neg,pos}/*.txt']
+# One of these layouts (paths relative to data_dir)
+EXPECTED = ['plain_text/{train,test}-00000-of-00001.parquet  (Hugging Face imdb parquet)',
+            '{train,test}/data-*.arrow  (Hugging Face datasets save_to_disk)',
+            'aclImdb/{train,test}/{neg,pos}/*.txt  (aclImdb_v1.tar.gz)']
 
 
 def _find(root: Path, patterns) -> list[Path]:
@@ -84,8 +85,8 @@ def read_imdb_split(root: Path, split: str):
                 labels.append(label)
                 where.append(str(f))
         return texts, labels, where
-    raise missing_data_error('text (IMDB)', root, EXPECTED, 'Download the Hugging Face "imdb" dataset files '
-                             '(or aclImdb_v1.tar.gz) and point data_dir at them.')
+    raise missing_data_error('text (IMDB)', root, EXPECTED, 'Any one of these layouts will do: download the Hugging '
+                             'Face "imdb" dataset files (or aclImdb_v1.tar.gz) and point data_dir at them.')
 
 
 class IMDBDataModule(LRADataModule):
