@@ -34,63 +34,65 @@ def sample(name: str, batch: int = 1) -> torch.Tensor:
     return torch.randn(batch, *input_size(name))
 
 
-_BUILT = {}
-
-
-def build(name: str) -> torch.nn.Module:
-    """One eval-mode instance per name, shared by the read-only checks."""
-    if name not in _BUILT:
-        _BUILT.clear()  # keep at most one large model alive
-        torch.manual_seed(0)
-        _BUILT[name] = timm.create_model(name).eval()
-    return _BUILT[name]
-
-
 def spatial_size(size: int, reduction: int) -> int:
     return math.ceil(size / reduction)
 
 
+def build(name: str, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(name, **kwargs)
+
+
+# Each test builds its model once and checks everything that instance can show: building the large variants
+# dominates the suite's time on a CPU.
+
 @pytest.mark.parametrize('name', IMAGE_MODELS)
-def test_default_cfg_is_complete(name):
+def test_cfg_forward_intermediates_checkpointing_and_fx(name):
     cfg = timm.get_pretrained_cfg(name).to_dict()
     missing = [k for k in REQUIRED_CFG_KEYS if cfg.get(k) in (None, '')]
     assert not missing, f"{name}: default cfg lacks {missing}"
-    model = build(name)
+    model = build(name).eval()
     state = model.state_dict()
     assert cfg['first_conv'] + '.weight' in state, f"first_conv {cfg['first_conv']} is not a module"
     assert cfg['classifier'] + '.weight' in state, f"classifier {cfg['classifier']} is not a module"
     assert model.num_classes == cfg['num_classes']
     assert model.num_features > 0 and model.head_hidden_size > 0
 
-
-@pytest.mark.parametrize('name', IMAGE_MODELS)
-def test_forward_features_and_head(name):
-    model = build(name)
     x = sample(name)
     with torch.no_grad():
         out = model(x)
         feats = model.forward_features(x)
         pre_logits = model.forward_head(feats, pre_logits=True)
         logits = model.forward_head(feats)
-    assert out.shape == (1, model.num_classes)
-    assert torch.isfinite(out).all()
+        final, intermediates = model.forward_intermediates(x, output_fmt='NCHW')
+        last_only = model.forward_intermediates(x, indices=1, intermediates_only=True)
+    assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
     torch.testing.assert_close(logits, out)
     assert feats.dim() == 4 and feats.shape[1] == model.num_features
     assert pre_logits.shape == (1, model.head_hidden_size)
+    # forward_intermediates: its final output is forward_features, one intermediate per feature_info entry.
+    torch.testing.assert_close(final, feats)
+    assert [t.shape[1] for t in intermediates] == [info['num_chs'] for info in model.feature_info]
+    assert len(last_only) == 1
+
     # Gradient checkpointing changes memory, not results.
     model.set_grad_checkpointing(True)
-    try:
-        with torch.no_grad():
-            out_ckpt = model(x)
-    finally:
-        model.set_grad_checkpointing(False)
-    torch.testing.assert_close(out_ckpt, out, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), out, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model.forward_intermediates(x)[0], feats, rtol=1e-4, atol=1e-5)
+    model.set_grad_checkpointing(False)
+
+    # torch.fx with timm's leaf modules / functions (what FeatureGraphNet and torchvision use): exactly eager.
+    _, eval_nodes = get_graph_node_names(model)
+    fx_model = create_feature_extractor(model, return_nodes=[eval_nodes[-1]])
+    with torch.no_grad():
+        traced = next(iter(fx_model(x).values()))
+    torch.testing.assert_close(traced, out, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize('name', IMAGE_MODELS)
-def test_backward_reaches_every_parameter(name):
-    torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=42).train()
+def test_backward_then_reset_classifier(name):
+    model = build(name, num_classes=42).train()
     model.set_grad_checkpointing(True)
     out = model(sample(name, batch=2))
     assert out.shape == (2, 42)
@@ -101,11 +103,7 @@ def test_backward_reaches_every_parameter(name):
             assert p.grad.numel() == p.numel()
             assert torch.isfinite(p.grad).all(), f"{name}: non-finite gradient for {pname}"
 
-
-@pytest.mark.parametrize('name', IMAGE_MODELS)
-def test_reset_classifier(name):
-    torch.manual_seed(0)
-    model = timm.create_model(name).eval()
+    model.eval()
     x = sample(name, batch=2)
     model.reset_classifier(7)
     assert model.get_classifier().weight.shape[0] == 7
@@ -117,16 +115,13 @@ def test_reset_classifier(name):
     if not name.startswith(EARLY_POOL_PREFIXES):
         model.reset_classifier(0, '')
         with torch.no_grad():
-            assert model(x).dim() == 4
-        unpooled = timm.create_model(name, num_classes=0, global_pool='').eval()
-        with torch.no_grad():
-            assert unpooled(x).shape[1] == unpooled.num_features
+            unpooled = model(x)
+        assert unpooled.dim() == 4 and unpooled.shape[1] == model.num_features
 
 
 @pytest.mark.parametrize('name', IMAGE_MODELS)
 def test_features_only(name):
-    torch.manual_seed(0)
-    model = timm.create_model(name, features_only=True).eval()
+    model = build(name, features_only=True).eval()
     chans, h, w = input_size(name)
     with torch.no_grad():
         feats = model(sample(name))
@@ -136,31 +131,3 @@ def test_features_only(name):
         assert f.shape[1] == c
         assert f.shape[2] <= spatial_size(h, r) + 1 and f.shape[3] <= spatial_size(w, r) + 1
         assert torch.isfinite(f).all()
-
-
-@pytest.mark.parametrize('name', IMAGE_MODELS)
-def test_forward_intermediates(name):
-    model = build(name)
-    x = sample(name)
-    with torch.no_grad():
-        final, intermediates = model.forward_intermediates(x, output_fmt='NCHW')
-        feats = model.forward_features(x)
-    torch.testing.assert_close(final, feats)
-    assert len(intermediates) == len(model.feature_info)
-    for t, info in zip(intermediates, model.feature_info):
-        assert t.shape[1] == info['num_chs']
-    last_only = model.forward_intermediates(x, indices=1, intermediates_only=True)
-    assert len(last_only) == 1
-
-
-@pytest.mark.parametrize('name', IMAGE_MODELS)
-def test_fx_trace_matches_eager(name):
-    """torch.fx tracing with timm's leaf modules / functions (what FeatureGraphNet and torchvision use)."""
-    model = build(name)
-    x = sample(name)
-    _, eval_nodes = get_graph_node_names(model)
-    fx_model = create_feature_extractor(model, return_nodes=[eval_nodes[-1]])
-    with torch.no_grad():
-        eager = model(x)
-        traced = next(iter(fx_model(x).values()))
-    torch.testing.assert_close(traced, eager, rtol=0, atol=0)

@@ -104,7 +104,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _report(metrics: dict, best_ckpt: str, loggers: list, trainer: pl.Trainer) -> None:
     print("\nfinal metrics:")
     for key in sorted(metrics):
-        print(f"  {key:<20s} {metrics[key]:.4f}")
+        print(f"  {key:<20s} {metrics[key]:.4g}")
     if best_ckpt:
         print(f"best checkpoint:  {best_ckpt}")
     if trainer.checkpoint_callback and trainer.checkpoint_callback.last_model_path:

@@ -20,6 +20,9 @@ from timm.models.inception_next import MetaNeXt
 import kernels
 from .layers import check_image_input
 
+# The input checks are Python control flow on shapes: FX records them as one opaque call instead of tracing them.
+torch.fx.wrap('check_image_input')
+
 __all__ = ['InceptionMixer', 'InceptionNeXt']
 
 

@@ -1,7 +1,6 @@
 """Building blocks shared by more than one zoo family."""
 import torch
 import torch.nn as nn
-from timm.layers import register_notrace_function
 
 import kernels
 
@@ -68,7 +67,6 @@ class LongConvLayer(nn.Module):
         return y if self.transposed else y.transpose(-1, -2)
 
 
-@register_notrace_function  # shape checks are Python control flow: keep them out of FX graphs
 def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, model: str) -> None:
     """Raise a clear error for a wrong channel count or an image too small for the model's downsampling."""
     if x.dim() != 4:
