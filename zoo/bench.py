@@ -12,7 +12,6 @@ Sequence models (registered from `zoo.models.seqnet`) take token ids when they e
 `(L,)`, or `(2, L)` for retrieval) and images otherwise; they also report `*_tokens_per_sec`.
 """
 import argparse
-import ast
 import contextlib
 import csv
 import difflib
@@ -33,6 +32,7 @@ from timm.utils import reparameterize_model
 from torch.utils.flop_counter import FlopCounterMode
 
 import zoo  # noqa: F401  (registers the zoo models with timm)
+from zoo._cli import ModelKwargsAction
 
 _logger = logging.getLogger('zoo.bench')
 
@@ -51,22 +51,6 @@ RESULT_KEYS = (
     'infer_gmacs', 'infer_tokens_per_sec', 'train_img_size', 'train_samples_per_sec', 'train_step_time',
     'train_batch_size', 'train_tokens_per_sec', 'error',
 )
-
-
-class _ModelKwargs(argparse.Action):
-    """`--model-kwargs k=v [k=v ...]`, values parsed as Python literals when they are (else kept as strings)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        kwargs = getattr(namespace, self.dest) or {}
-        for item in values:
-            key, sep, value = item.partition('=')
-            if not sep or not key:
-                parser.error(f"{option_string} expects key=value pairs, got {item!r}")
-            try:
-                kwargs[key] = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                kwargs[key] = value
-        setattr(namespace, self.dest, kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--torchcompile-mode', default=None, help='torch.compile mode')
     parser.add_argument('--reparam', action='store_true', help='timm.utils.reparameterize_model before timing')
     parser.add_argument('--grad-checkpointing', action='store_true', help='model.set_grad_checkpointing()')
-    parser.add_argument('--model-kwargs', nargs='*', default={}, action=_ModelKwargs, metavar='KEY=VALUE',
+    parser.add_argument('--model-kwargs', nargs='*', default={}, action=ModelKwargsAction, metavar='KEY=VALUE',
                         help='extra keyword arguments for timm.create_model')
     parser.add_argument('--kernel-backend', default=None, choices=('auto', 'torch', 'triton'),
                         help='passed as the kernel_backend model kwarg (error for models without one)')

@@ -13,7 +13,6 @@
 All loading is `torch.load(..., weights_only=True)` or safetensors.
 """
 import argparse
-import ast
 import dataclasses
 import hashlib
 import json
@@ -32,6 +31,7 @@ from timm.models._hub import download_cached_file
 from torch.hub import HASH_REGEX
 
 import zoo  # noqa: F401  (registers the zoo models with timm)
+from zoo._cli import ModelKwargsAction
 
 DEFAULT_DIR = Path('checkpoints')
 LIGHTNING_PREFIX = 'model.'
@@ -395,20 +395,6 @@ def cmd_export(args) -> int:
 
 # ------------------------------------------------------------------------------------------------------ cli
 
-class _ModelKwargs(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        kwargs = {}
-        for item in values:
-            key, sep, value = item.partition('=')
-            if not sep or not key:
-                parser.error(f"{option_string} expects key=value pairs, got {item!r}")
-            try:
-                kwargs[key] = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                kwargs[key] = value
-        setattr(namespace, self.dest, kwargs)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='python -m zoo.weights', description=__doc__.split('\n')[0])
     sub = parser.add_subparsers(dest='command', required=True)
@@ -434,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('file')
     p.add_argument('--sha256', default=None, help='expected sha256 (or a prefix of it)')
     p.add_argument('--model', default=None, help='timm/zoo model the weights must fit')
-    p.add_argument('--model-kwargs', nargs='*', default={}, action=_ModelKwargs, metavar='KEY=VALUE')
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=ModelKwargsAction, metavar='KEY=VALUE')
     p.set_defaults(fn=cmd_verify)
 
     p = sub.add_parser('export', help='Lightning checkpoint -> plain safetensors state dict')
