@@ -1,5 +1,6 @@
 import os
 
+import pytest
 import torch
 
 # Triton kernels are checked on the CPU through Triton's interpreter; the variable must be set before the
@@ -8,3 +9,12 @@ if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
 
 import zoo  # noqa: E402,F401  (registers the zoo models before test collection parametrizes over them)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: small kernels and the Triton interpreter only slow down with more."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

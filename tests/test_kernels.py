@@ -19,14 +19,7 @@ needs_triton = pytest.mark.skipif(
     not (kernels.HAS_TRITON and (kernels.INTERPRET or torch.cuda.is_available())),
     reason='needs triton with a GPU or TRITON_INTERPRET=1')
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py
 
 
 def _grads(fn, inputs, grad_out_seed=0):

@@ -47,14 +47,7 @@ OFFICIAL_FILES = {
     'unireplknet_l_in22k_pretrain.pth', 'unireplknet_l_in22k_to_in1k_384_acc87.88.pth',
     'unireplknet_xl_in22k_pretrain.pth', 'unireplknet_xl_in22k_to_in1k_384_acc87.96.pth',
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py
 
 
 def _rel_err(a, b):
