@@ -1,0 +1,57 @@
+"""Winograd F(4x4, r x r) convolution against F.conv2d: values, gradients, odd sizes, rounding, errors."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import conv2d_winograd, winograd_supported
+
+pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py
+
+
+@pytest.mark.parametrize('kernel_size', [3, 5])
+@pytest.mark.parametrize('padding', [0, 1, 2])
+@pytest.mark.parametrize('size', [(9, 9), (12, 7), (16, 16)])
+def test_matches_conv2d_in_float64(kernel_size, padding, size):
+    gen = torch.Generator().manual_seed(kernel_size * 10 + padding)
+    x = torch.randn(2, 6, *size, generator=gen, dtype=torch.float64)
+    w = torch.randn(5, 6, kernel_size, kernel_size, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(conv2d_winograd(x, w, padding), F.conv2d(x, w, padding=padding), rtol=0, atol=1e-11)
+
+
+def test_gradients_match_conv2d():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 11, 10, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 4, 5, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    cotangent = torch.randn(2, 3, 11, 10, generator=gen, dtype=torch.float64)
+    ours = torch.autograd.grad(conv2d_winograd(x, w, 2), (x, w), cotangent)
+    ref = torch.autograd.grad(F.conv2d(x, w, padding=2), (x, w), cotangent)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda x, w: conv2d_winograd(x, w, 1), (x[:1, :2, :6, :6].detach().requires_grad_(),
+                                                                          w[:2, :2].detach().requires_grad_()))
+
+
+def test_float32_rounding_is_close_to_a_direct_convolution():
+    # The wide packed-channel case the Lie-group layers use it for: many input channels, 5x5, 'same' padding.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 96, 18, 18, generator=gen)
+    w = torch.randn(32, 96, 5, 5, generator=gen) / 50
+    exact = F.conv2d(x.double(), w.double(), padding=2)
+    scale = exact.abs().max()
+    direct_err = (F.conv2d(x, w, padding=2).double() - exact).abs().max() / scale
+    winograd_err = (conv2d_winograd(x, w, 2).double() - exact).abs().max() / scale
+    assert winograd_err < 3e-5
+    assert winograd_err < 10 * direct_err + 1e-6
+
+
+def test_unsupported_inputs_are_named():
+    x = torch.randn(1, 4, 8, 8)
+    assert winograd_supported(x, torch.randn(2, 4, 5, 5))
+    assert not winograd_supported(x, torch.randn(2, 4, 7, 7))
+    assert not winograd_supported(x.half(), torch.randn(2, 4, 5, 5).half())
+    with pytest.raises(ValueError, match='r in'):
+        conv2d_winograd(x, torch.randn(2, 4, 7, 7))
+    with pytest.raises(ValueError, match='C_out, 4'):
+        conv2d_winograd(x, torch.randn(2, 3, 5, 5))
+    with pytest.raises(ValueError, match='leaves no output'):
+        conv2d_winograd(torch.randn(1, 4, 3, 3), torch.randn(2, 4, 5, 5))
