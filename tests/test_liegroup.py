@@ -8,7 +8,7 @@ import torch
 
 import zoo  # noqa: F401  (registers the models)
 from zoo.models.liegroup import (
-    GroupConv2d, GroupSampler, LieGroupResNet, LiftingConv2d, checkpoint_filter_fn, polar_coordinates,
+    GROUP_DIMS, GroupConv2d, GroupSampler, LieGroupResNet, LiftingConv2d, checkpoint_filter_fn, polar_coordinates,
     rotation_matrix,
 )
 
@@ -29,9 +29,10 @@ def quarter_turn():
 # ------------------------------------------------------------------------------------------------ official parity
 
 @pytest.mark.parametrize('group', ['sl2', 'gl2'])
-def test_matches_official_rgenn(group):
+@pytest.mark.parametrize('conv_backend', ['direct', 'winograd'])
+def test_matches_official_rgenn(group, conv_backend):
     fx = torch.load(FIXTURES / f'rgenn_{group}_tiny.pt', weights_only=True)
-    model = tiny_model(group)
+    model = tiny_model(group, conv_backend=conv_backend)
     model.load_state_dict(checkpoint_filter_fn(fx['state_dict'], model), strict=True)
     model.set_samples((fx['g_stem'], fx['g_stem_inv']), (fx['g_final'], fx['g_final_inv']))
     with torch.no_grad():
@@ -77,7 +78,8 @@ def test_logits_not_rot90_invariant_without_quarter_turns():
 
 
 @pytest.mark.parametrize('group', ['sl2', 'gl2'])
-def test_kernels_commute_with_group_action(group):
+@pytest.mark.parametrize('signed_angle', [False, True])
+def test_kernels_commute_with_group_action(group, signed_angle):
     """K(a p; a g_out, a g_in) = K(p; g_out, g_in) (times 1/|det a| for GL+(2)) for any a in the group."""
     torch.manual_seed(0)
     sampler = GroupSampler(group, rotation='uniform', spd_spread=0.1)
@@ -86,7 +88,7 @@ def test_kernels_commute_with_group_action(group):
     a, a_inv = sampler.sample(1)
     det_a = torch.det(a[0]).abs()
     lift = LiftingConv2d(2, 3, 5, group=group, kernel_mlp=dict(hidden=16)).double()
-    conv = GroupConv2d(2, 3, 5, group=group, kernel_mlp=dict(hidden=16)).double()
+    conv = GroupConv2d(2, 3, 5, group=group, kernel_mlp=dict(hidden=16), signed_angle=signed_angle).double()
     scale = 1.0 if group == 'sl2' else 1 / det_a
     for layer, args, moved in (
             (lift, (g_out_inv,), (g_out_inv @ a_inv,)),
@@ -178,6 +180,40 @@ def test_rotation_samplers():
         GroupSampler('so3')
 
 
+def test_stratified_sampler_one_angle_per_cell_and_midpoints_for_eval():
+    sampler = GroupSampler('sl2', rotation='stratified', rotation_range=0.25, spd_spread=0.0)
+    cell = 2 * (math.pi / 4) / 8
+    lower = -math.pi / 4 + cell * torch.arange(8, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    draws = [sampler.sample(8, gen)[0] for _ in range(2)]
+    for g in draws:
+        theta = torch.atan2(g[:, 1, 0], g[:, 0, 0])
+        assert ((theta >= lower) & (theta < lower + cell)).all()  # exactly one angle in each cell
+    assert (draws[0] - draws[1]).abs().max() > 1e-3  # jittered anew at every draw
+    mid, mid_inv = sampler.sample(8, gen, jitter=False)
+    torch.testing.assert_close(torch.atan2(mid[:, 1, 0], mid[:, 0, 0]), lower + cell / 2)
+    torch.testing.assert_close(mid @ mid_inv, torch.eye(2, dtype=torch.float64).expand(8, 2, 2))
+    # The model's fixed evaluation samples are the midpoints.
+    model = tiny_model('sl2', rotation_sampler='stratified', rotation_range=0.25, spd_spread=0.0, num_samples=8)
+    torch.testing.assert_close(model.eval_samples[0, 0], mid)
+
+
+@pytest.mark.parametrize('group', ['sl2', 'gl2'])
+def test_signed_angle_chart_is_continuous_at_the_identity(group):
+    index = 1 if group == 'sl2' else 3
+    small = rotation_matrix(torch.tensor([-1e-3, 1e-3], dtype=torch.float64))
+    release = polar_coordinates(small, group)[:, index]
+    signed = polar_coordinates(small, group, signed_angle=True)[:, index]
+    torch.testing.assert_close(release, torch.tensor([2 * math.pi - 1e-3, 1e-3], dtype=torch.float64))
+    torch.testing.assert_close(signed, torch.tensor([-1e-3, 1e-3], dtype=torch.float64))
+    # The rest of the coordinates do not depend on the chart, and the layer stays equivariant with it.
+    g = GroupSampler(group, spd_spread=0.1).sample(3, torch.Generator().manual_seed(0))[0]
+    keep = [i for i in range(GROUP_DIMS[group]) if i != index]
+    torch.testing.assert_close(polar_coordinates(g, group)[:, keep], polar_coordinates(g, group, True)[:, keep])
+    torch.testing.assert_close(torch.remainder(polar_coordinates(g, group, True)[:, index], 2 * math.pi),
+                               polar_coordinates(g, group)[:, index])
+
+
 # ------------------------------------------------------------------------------------------------ sampling, cache
 
 def test_eval_is_reproducible_and_training_resamples():
@@ -193,6 +229,22 @@ def test_eval_is_reproducible_and_training_resamples():
         model.train()
         model.head.drop.p = 0.0
         assert (model(x) - model(x)).abs().max() > 1e-6
+
+
+def test_conv_backend_choice():
+    conv = GroupConv2d(16, 4, 5, group='sl2', kernel_mlp=dict(hidden=8))
+    wide = torch.randn(1, 16 * 8, 9, 9)  # 16 channels x 8 samples = 128 packed input channels
+    weight = torch.randn(32, 128, 5, 5)
+    assert conv.use_winograd(wide, weight) and not conv.use_winograd(wide[:, :64], weight[:, :64])
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert not conv.use_winograd(wide, weight)  # Winograd transforms are not for half precision
+    conv.conv_backend = 'direct'
+    assert not conv.use_winograd(wide, weight)
+    conv.conv_backend = 'winograd'
+    with pytest.raises(ValueError, match='float32/float64'):
+        conv.use_winograd(wide.half(), weight.half())
+    with pytest.raises(ValueError, match='conv_backend must be'):
+        GroupConv2d(2, 2, 5, conv_backend='fft')
 
 
 def test_kernel_cache_reused_and_invalidated():
@@ -243,7 +295,7 @@ def test_sample_buffers_are_independent_and_final_conv_sees_stem_samples():
 
 @pytest.mark.parametrize('name', ['liegroup_sl2_small', 'liegroup_cnn_small'])
 def test_timm_api(name):
-    model = timm.create_model(name, width=4, num_samples=2, stem_pool=False).eval()
+    model = timm.create_model(name, width=4, num_samples=2, stem_pool=False, input_pad=0).eval()
     x = torch.randn(2, 1, 24, 24)
     with torch.no_grad():
         feats = model.forward_features(x)
@@ -258,11 +310,38 @@ def test_timm_api(name):
         assert model(x).shape == (2, 256)
         model.reset_classifier(0, '')
         assert model(x).shape == (2, 4, 6, 6)
-    fmodel = timm.create_model(name, width=4, num_samples=2, stem_pool=False, features_only=True).eval()
+    fmodel = timm.create_model(name, width=4, num_samples=2, stem_pool=False, input_pad=0, features_only=True).eval()
     with torch.no_grad():
         maps = fmodel(x)
     assert [m.shape[1] for m in maps] == fmodel.feature_info.channels()
     assert [m.shape[-1] for m in maps] == [20, 10, 6]
+
+
+@pytest.mark.parametrize('group', ['sl2', 'none'])
+def test_input_padding_is_padding_with_empty_pixels(group):
+    torch.manual_seed(0)
+    padded = LieGroupResNet(group=group, **dict(TINY, input_pad=3)).double().eval()
+    plain = LieGroupResNet(group=group, **TINY).double().eval()
+    plain.load_state_dict(padded.state_dict())
+    x = torch.rand(2, 1, 16, 16, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(padded(x), plain(torch.nn.functional.pad(x, (3,) * 4, value=-1.0)), rtol=0, atol=0)
+        assert padded.forward_features(x).shape[-1] == 5 and plain.forward_features(x).shape[-1] == 2  # 22 vs 16 px
+        padded(torch.randn(1, 1, 8, 8, dtype=torch.float64))  # 14 px after padding: the smallest size that runs
+        with pytest.raises(ValueError, match='at least 8x8'):
+            padded(torch.randn(1, 1, 7, 7, dtype=torch.float64))
+    with pytest.raises(ValueError, match='input_pad'):
+        LieGroupResNet(group=group, input_pad=-1)
+
+
+def test_small_configurations():
+    for name in ('liegroup_sl2_small', 'liegroup_gl2_small', 'liegroup_cnn_small'):
+        model = timm.create_model(name)
+        assert model.input_pad == 8 and model.stem_pool
+        assert model.pretrained_cfg['pool_size'] == model.forward_features(torch.zeros(1, 1, 40, 40)).shape[-2:]
+        if model.sampler is not None:
+            assert (model.sampler.rotation, model.sampler.rotation_range) == ('stratified', 0.25)
+            assert all(m.signed_angle for m in model.modules() if isinstance(m, GroupConv2d))
 
 
 def test_bad_input_is_named():

@@ -36,9 +36,14 @@ from timm.models import (
 )
 from timm.models._features import feature_take_indices
 
+from kernels import conv2d_winograd, winograd_supported
+
 __all__ = ['GroupSampler', 'LiftingConv2d', 'GroupConv2d', 'LieGroupResNet', 'polar_coordinates']
 
 GROUP_DIMS = {'sl2': 3, 'gl2': 4}
+CONV_BACKENDS = ('auto', 'direct', 'winograd')
+# Packed (channel x sample) input width from which Winograd beats oneDNN's direct conv on the CPU (docs/benchmarks.md).
+WINOGRAD_MIN_CHANNELS = 128
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -56,13 +61,14 @@ def _sym_eig(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return torch.linalg.eigh(x.to(torch.promote_types(x.dtype, torch.float32)))
 
 
-def polar_coordinates(h: torch.Tensor, group: str) -> torch.Tensor:
+def polar_coordinates(h: torch.Tensor, group: str, signed_angle: bool = False) -> torch.Tensor:
     """Global coordinates of h = P R in the Lie algebra: log P (symmetric) plus the angle of R.
 
     (..., 2, 2) -> (..., 3) for 'sl2': (sqrt2 logP_01, angle, sqrt2 logP_00);
                    (..., 4) for 'gl2': (logP_00, sqrt2 logP_01, logP_11, angle).
-    The angle lies in [0, 2 pi), as in the release; |sin| < 1e-6 is snapped to zero so that the identity maps to 0
-    rather than to 2 pi under rounding noise.
+    The angle lies in [0, 2 pi), as in the release, or in (-pi, pi] with `signed_angle`: that chart is continuous
+    around the identity, where the relative elements of nearby samples fall (the release's jumps from 0 to 2 pi
+    there). |sin| < 1e-6 is snapped to zero so that the identity maps to 0 under rounding noise.
     """
     e, v = _sym_eig(h @ h.mT)
     half_log = 0.5 * torch.log(e)
@@ -70,7 +76,9 @@ def polar_coordinates(h: torch.Tensor, group: str) -> torch.Tensor:
     rot = ((v * torch.exp(-half_log).unsqueeze(-2)) @ v.mT) @ h.to(v.dtype)
     sin, cos = rot[..., 1, 0], rot[..., 0, 0]
     sin = torch.where(sin.abs() < 1e-6, torch.zeros_like(sin), sin)
-    angle = torch.remainder(torch.atan2(sin, cos), 2 * math.pi)
+    angle = torch.atan2(sin, cos)
+    if not signed_angle:
+        angle = torch.remainder(angle, 2 * math.pi)
     sqrt2 = math.sqrt(2.0)
     if group == 'sl2':
         coords = (sqrt2 * log_p[..., 0, 1], angle, sqrt2 * log_p[..., 0, 0])
@@ -79,13 +87,18 @@ def polar_coordinates(h: torch.Tensor, group: str) -> torch.Tensor:
     return torch.stack(coords, -1).to(h.dtype)
 
 
+ROTATION_SAMPLERS = ('equidistant', 'stratified', 'uniform', 'haar')
+
+
 class GroupSampler:
     """Monte-Carlo samples g = exp(X / 2) R of SL(2,R) or GL+(2,R), returned with their inverses.
 
     Args:
         group: 'sl2' (X traceless) or 'gl2'.
-        rotation: 'equidistant' (angles -pi r + 2 pi r k / N, k < N: no angle counted twice), 'uniform'
-            (angles uniform in [-pi r, pi r]) or 'haar' (Haar-uniform on SO(2), by QR of a Gaussian matrix).
+        rotation: 'equidistant' (angles -pi r + 2 pi r k / N, k < N: no angle counted twice), 'stratified' (one
+            uniform angle in each of the N equal cells of [-pi r, pi r]; the cell midpoints when `jitter` is off, as
+            for the fixed evaluation samples), 'uniform' (angles uniform in [-pi r, pi r]) or 'haar' (Haar-uniform
+            on SO(2), by QR of a Gaussian matrix).
         rotation_range: r above, in (0, 1]; ignored by 'haar'.
         spd_spread: variance of the Gaussian coordinates of X in the symmetric (traceless for SL(2)) basis, i.e. a
             log-normal positive-definite factor (the release's `--spd_bounds`, 0.1). 0 gives rotations only.
@@ -95,23 +108,27 @@ class GroupSampler:
                  spd_spread: float = 0.1):
         if group not in GROUP_DIMS:
             raise ValueError(f"group must be one of {sorted(GROUP_DIMS)}, got {group!r}")
-        if rotation not in ('equidistant', 'uniform', 'haar'):
-            raise ValueError(f"rotation sampler must be 'equidistant', 'uniform' or 'haar', got {rotation!r}")
+        if rotation not in ROTATION_SAMPLERS:
+            raise ValueError(f"rotation sampler must be one of {ROTATION_SAMPLERS}, got {rotation!r}")
         if not 0.0 < rotation_range <= 1.0:
             raise ValueError(f"rotation_range must be in (0, 1], got {rotation_range}")
         if spd_spread < 0.0:
             raise ValueError(f"spd_spread is a variance and must be >= 0, got {spd_spread}")
         self.group, self.rotation, self.rotation_range, self.spd_spread = group, rotation, rotation_range, spd_spread
 
-    def rotations(self, n: int, generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def rotations(self, n: int, generator: Optional[torch.Generator] = None,
+                  jitter: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
         r = self.rotation_range * math.pi
         if self.rotation == 'haar':
             q, upper = torch.linalg.qr(torch.randn(n, 2, 2, generator=generator, dtype=torch.float64))
             q = q * upper.diagonal(dim1=-2, dim2=-1).sign().unsqueeze(-2)
             q[..., 0] *= torch.det(q).sign().unsqueeze(-1)  # flip reflections into SO(2)
             return q, q.mT
-        if self.rotation == 'equidistant':
-            theta = -r + 2 * r * torch.arange(n, dtype=torch.float64) / n
+        if self.rotation in ('equidistant', 'stratified'):
+            offset = 0.0
+            if self.rotation == 'stratified':
+                offset = torch.rand(n, generator=generator, dtype=torch.float64) if jitter else 0.5
+            theta = -r + 2 * r * (torch.arange(n, dtype=torch.float64) + offset) / n
         else:
             theta = r * (2 * torch.rand(n, generator=generator, dtype=torch.float64) - 1)
         return rotation_matrix(theta), rotation_matrix(-theta)
@@ -132,9 +149,10 @@ class GroupSampler:
         half_inv = (v * torch.exp(-0.5 * e).unsqueeze(-2)) @ v.mT
         return half, half_inv
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, n: int, generator: Optional[torch.Generator] = None,
+               jitter: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
         """(g, g^-1), each (n, 2, 2) float64 on the CPU; g^-1 = R^-1 exp(-X / 2) is exact, no matrix inverse."""
-        rot, rot_inv = self.rotations(n, generator)
+        rot, rot_inv = self.rotations(n, generator, jitter)
         if self.spd_spread == 0.0:
             return rot, rot_inv
         half, half_inv = self.spd_halves(n, generator)
@@ -260,16 +278,23 @@ class GroupConv2d(_SampledConv):
 
     The kernel for output sample g_out and input sample g_in is k(g_out^-1 x, coords(g_out^-1 g_in)) (divided by
     |det g_in| for GL+(2)); all pairs form one dense conv over the packed (channel, sample) axis.
+    `signed_angle` picks the (-pi, pi] chart of the relative rotation (see `polar_coordinates`).
+    `conv_backend`: 'direct' (F.conv2d), 'winograd' (`kernels.conv2d_winograd`, float32/64, kernel 3 or 5) or 'auto'
+    (Winograd for CPU tensors outside autocast from WINOGRAD_MIN_CHANNELS packed input channels, else direct).
     (B, C_in, N_in, H, W) -> (B, C_out, N_out, H', W').
     """
 
     def __init__(self, in_chans: int, out_chans: int, kernel_size: int = 5, padding: int = 2, group: str = 'sl2',
-                 kernel_mlp: Optional[dict] = None):
+                 kernel_mlp: Optional[dict] = None, signed_angle: bool = False, conv_backend: str = 'auto'):
         super().__init__(in_chans, out_chans, kernel_size, padding, group, 2 + GROUP_DIMS[group], kernel_mlp)
+        if conv_backend not in CONV_BACKENDS:
+            raise ValueError(f"conv_backend must be one of {CONV_BACKENDS}, got {conv_backend!r}")
+        self.signed_angle = signed_angle
+        self.conv_backend = conv_backend
 
     def weight(self, g_in: torch.Tensor, g_out_inv: torch.Tensor) -> torch.Tensor:
         n_out, n_in, k = g_out_inv.shape[0], g_in.shape[0], self.kernel_size
-        rel = polar_coordinates(g_out_inv.unsqueeze(1) @ g_in.unsqueeze(0), self.group)  # (N_out, N_in, d)
+        rel = polar_coordinates(g_out_inv.unsqueeze(1) @ g_in.unsqueeze(0), self.group, self.signed_angle)  # (N_out, N_in, d)
         points = torch.einsum('nij,pj->npi', g_out_inv, self.grid.to(g_out_inv.dtype))  # (N_out, k*k, 2)
         coords = torch.cat((
             points.unsqueeze(1).expand(-1, n_in, -1, -1),
@@ -286,8 +311,23 @@ class GroupConv2d(_SampledConv):
             raise ValueError(f"GroupConv2d expects (B, {self.in_chans}, {g_in.shape[0]}, H, W) input "
                              f"(channels, input samples), got {tuple(x.shape)}")
         w = self.cached_weight(g_in, g_out_inv).to(x.dtype)
-        y = F.conv2d(x.flatten(1, 2), w, padding=self.padding)
+        x = x.flatten(1, 2)
+        if self.use_winograd(x, w):
+            y = conv2d_winograd(x, w, self.padding)
+        else:
+            y = F.conv2d(x, w, padding=self.padding)
         return y.view(y.shape[0], self.out_chans, g_out_inv.shape[0], *y.shape[-2:])
+
+    def use_winograd(self, x: torch.Tensor, w: torch.Tensor) -> bool:
+        if self.conv_backend == 'direct':
+            return False
+        if self.conv_backend == 'winograd':
+            if not winograd_supported(x, w):
+                raise ValueError(f"conv_backend='winograd' needs float32/float64 inputs and kernel size in (3, 5), "
+                                 f"got {x.dtype} and kernel {self.kernel_size}; use 'auto' or 'direct'")
+            return True
+        return (x.device.type == 'cpu' and not torch.is_autocast_enabled('cpu') and x.shape[1] >= WINOGRAD_MIN_CHANNELS
+                and winograd_supported(x, w))
 
 
 @register_notrace_module
@@ -389,11 +429,11 @@ class MlpHead(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 @register_notrace_function
-def check_images(x: torch.Tensor, in_chans: int, kernel_size: int, depth: int, stem_pool: bool):
+def check_images(x: torch.Tensor, in_chans: int, kernel_size: int, depth: int, stem_pool: bool, input_pad: int = 0):
     """Name the problem with a bad input batch (public name: FX only wraps functions without a leading _)."""
     k = kernel_size
-    # Smallest size that leaves >= 1 pixel after the stem conv, the pools and the last conv.
-    min_size = k * 2 ** (depth + stem_pool) + k - 1
+    # Smallest size that leaves >= 1 pixel after the input padding, the stem conv, the pools and the last conv.
+    min_size = max(1, k * 2 ** (depth + stem_pool) + k - 1 - 2 * input_pad)
     if x.dim() != 4 or x.shape[1] != in_chans:
         raise ValueError(f"expected (B, {in_chans}, H, W) images, got {tuple(x.shape)}")
     if min(x.shape[-2:]) < min_size:
@@ -414,7 +454,15 @@ class LieGroupResNet(nn.Module):
         num_samples: group samples N per sampled layer (the paper: 10). Compute grows as N^2.
         width: channels of every layer (the paper: 40); depth: residual stages (the paper: 1).
         stem_pool: 2x2 max pool after the stem (not in the paper; the small CPU configurations use it).
+        input_pad, pad_value: pad the image by `input_pad` pixels of `pad_value` (an empty pixel after normalization:
+            -1 for the default mean = std = 0.5) before the stem. Not in the paper. The zero padding of the inner
+            convs makes artificial edges at the frame border; with a receptive field about as large as the 40 x 40
+            frame, a digit moved towards the border meets them and the features change (translation-only accuracy
+            71% vs 96% upright for `liegroup_sl2_small` without it). The small configurations pad by 8.
         rotation_sampler, rotation_range, spd_spread: see `GroupSampler`.
+        signed_angle: give the group convs the relative rotation angle in (-pi, pi] instead of the release's
+            [0, 2 pi), so that kernels are continuous around the identity (for samplers that are not on a fixed grid).
+        conv_backend: how the group convs run their dense conv, 'auto' | 'direct' | 'winograd' (see `GroupConv2d`).
         eval_seed: seed of the fixed evaluation samples. eval_resample: draw new samples at every eval call, as the
             release does (non-deterministic predictions).
         kernel_mlp: SIREN options (hidden, num_hidden, first_omega, omega); the paper: 60 wide, 3 sine layers, 10.
@@ -428,6 +476,8 @@ class LieGroupResNet(nn.Module):
             depth: int = 1,
             kernel_size: int = 5,
             stem_pool: bool = False,
+            input_pad: int = 0,
+            pad_value: float = -1.0,
             in_chans: int = 1,
             num_classes: int = 10,
             global_pool: str = 'max',
@@ -436,6 +486,8 @@ class LieGroupResNet(nn.Module):
             rotation_sampler: str = 'equidistant',
             rotation_range: float = 1.0,
             spd_spread: float = 0.1,
+            signed_angle: bool = False,
+            conv_backend: str = 'auto',
             eval_seed: int = 0,
             eval_resample: bool = False,
             kernel_mlp: Optional[dict] = None,
@@ -455,6 +507,9 @@ class LieGroupResNet(nn.Module):
         self.eval_seed = eval_seed
         self.eval_resample = eval_resample
         self.depth = depth
+        if input_pad < 0:
+            raise ValueError(f"input_pad must be >= 0, got {input_pad}")
+        self.input_pad, self.pad_value = input_pad, pad_value
         self.grad_checkpointing = False
 
         if group == 'none':
@@ -464,7 +519,8 @@ class LieGroupResNet(nn.Module):
         else:
             self.sampler = GroupSampler(group, rotation_sampler, rotation_range, spd_spread)
             lift = partial(LiftingConv2d, group=group, kernel_mlp=kernel_mlp)
-            conv = partial(GroupConv2d, group=group, kernel_mlp=kernel_mlp)
+            conv = partial(GroupConv2d, group=group, kernel_mlp=kernel_mlp, signed_angle=signed_angle,
+                           conv_backend=conv_backend)
         k = kernel_size
         self.stem_pool = stem_pool
         self.stem = LiftingStem(lift(in_chans, width, k, padding=0), pool=stem_pool)
@@ -489,7 +545,7 @@ class LieGroupResNet(nn.Module):
     def resample_eval(self, seed: Optional[int] = None):
         """Redraw the fixed evaluation samples from `seed` (default: `eval_seed`); invalidates kernel caches."""
         gen = torch.Generator().manual_seed(self.eval_seed if seed is None else seed)
-        pairs = [torch.stack(self.sampler.sample(self.num_samples, gen)) for _ in range(2)]
+        pairs = [torch.stack(self.sampler.sample(self.num_samples, gen, jitter=False)) for _ in range(2)]
         self.eval_samples.copy_(torch.stack(pairs))
 
     def set_samples(self, stem: Tuple[torch.Tensor, torch.Tensor], final: Tuple[torch.Tensor, torch.Tensor]):
@@ -535,7 +591,9 @@ class LieGroupResNet(nn.Module):
 
     def _forward_group(self, x: torch.Tensor, stop: Optional[int] = None, collect: Optional[List[int]] = None):
         """Run stem and stages; returns the (B, C, N, H, W) map after stage `stop` and the requested pooled maps."""
-        check_images(x, self.in_chans, self.kernel_size, self.depth, self.stem_pool)
+        check_images(x, self.in_chans, self.kernel_size, self.depth, self.stem_pool, self.input_pad)
+        if self.input_pad:
+            x = F.pad(x, (self.input_pad,) * 4, value=self.pad_value)
         g, g_inv, g_final, g_final_inv = self.samples(x)
         pooled = []
         x = self._run_stage(self.stem, x, g_inv)
@@ -637,13 +695,16 @@ default_cfgs = generate_default_cfgs({
     'liegroup_sl2': _cfg(description='R^2 x SL(2,R) GResNet, paper configuration (width 40, 10 samples)'),
     'liegroup_gl2': _cfg(description='R^2 x GL+(2,R) GResNet, paper configuration (width 40, 10 samples)'),
     'liegroup_sl2_small': _cfg(
-        pool_size=(5, 5), description='R^2 x SL(2,R) GResNet, CPU configuration (width 8, 4 samples, stem pool)'),
+        pool_size=(9, 9), description='R^2 x SL(2,R) GResNet, CPU configuration (width 8, 4 stratified samples '
+                                      'within +-45 degrees, stem pool, input padding 8)'),
     'liegroup_gl2_small': _cfg(
-        pool_size=(5, 5), description='R^2 x GL+(2,R) GResNet, CPU configuration (width 8, 4 samples, stem pool)'),
+        pool_size=(9, 9), description='R^2 x GL+(2,R) GResNet, CPU configuration (width 8, 4 stratified samples '
+                                      'within +-45 degrees, stem pool, input padding 8)'),
     'liegroup_cnn': _cfg(
         first_conv='stem.conv', description='plain CNN with the GResNet layout, parameter count of liegroup_sl2'),
     'liegroup_cnn_small': _cfg(
-        first_conv='stem.conv', pool_size=(5, 5), description='plain CNN with the small GResNet layout and parameter count'),
+        first_conv='stem.conv', pool_size=(9, 9),
+        description='plain CNN with the small GResNet layout (input padding 8) and parameter count'),
 })
 
 
@@ -655,6 +716,14 @@ def _create_liegroup(variant: str, pretrained: bool = False, **kwargs) -> LieGro
         feature_cfg=dict(out_indices=tuple(range(depth + 2)), feature_cls='getter'),
         **kwargs,
     )
+
+
+# The CPU configurations (not in the paper): 4 samples per layer with rotations stratified over +-45 degrees (a fixed
+# grid of 4 would make the model exactly invariant to quarter turns, i.e. blind to 6 vs 9, and never show it the
+# rotations in between), the continuous relative-angle chart that such samples need, and input padding against the
+# frame border (see `LieGroupResNet`).
+_SMALL_GROUP_ARGS = dict(num_samples=4, width=8, stem_pool=True, input_pad=8, rotation_sampler='stratified',
+                         rotation_range=0.25, signed_angle=True)
 
 
 @register_model
@@ -671,13 +740,13 @@ def liegroup_gl2(pretrained=False, **kwargs) -> LieGroupResNet:
 
 @register_model
 def liegroup_sl2_small(pretrained=False, **kwargs) -> LieGroupResNet:
-    model_args = dict(group='sl2', num_samples=4, width=8, stem_pool=True)
+    model_args = dict(group='sl2', **_SMALL_GROUP_ARGS)
     return _create_liegroup('liegroup_sl2_small', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def liegroup_gl2_small(pretrained=False, **kwargs) -> LieGroupResNet:
-    model_args = dict(group='gl2', num_samples=4, width=8, stem_pool=True)
+    model_args = dict(group='gl2', **_SMALL_GROUP_ARGS)
     return _create_liegroup('liegroup_gl2_small', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
@@ -689,5 +758,5 @@ def liegroup_cnn(pretrained=False, **kwargs) -> LieGroupResNet:
 
 @register_model
 def liegroup_cnn_small(pretrained=False, **kwargs) -> LieGroupResNet:
-    model_args = dict(group='none', width=23, stem_pool=True)
+    model_args = dict(group='none', width=23, stem_pool=True, input_pad=8)
     return _create_liegroup('liegroup_cnn_small', pretrained=pretrained, **dict(model_args, **kwargs))
