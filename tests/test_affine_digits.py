@@ -31,6 +31,17 @@ def test_pure_translation_moves_centre_of_mass_by_the_stored_offset():
     assert (centre_of_mass(out) - moved).abs().max() < 0.05
 
 
+def test_without_translation_and_ranges_the_digits_stay_upright():
+    src = blob_digits()
+    out, mats = random_affine_digits(src, 2, seed=0, max_rotation=0.0, max_shear=0.0, scale_range=(1.0, 1.0),
+                                     translate=False)
+    torch.testing.assert_close(out, src.repeat_interleave(2, 0), rtol=0, atol=0)
+    torch.testing.assert_close(mats, torch.eye(2, 3).expand(len(mats), 2, 3))
+    rotated, mats = random_affine_digits(src, 2, seed=0, scale_range=(1.0, 1.0), max_shear=0.0, translate=False)
+    # Rotation about the centre of mass: the centre stays where it was.
+    assert (centre_of_mass(rotated) - centre_of_mass(src).repeat_interleave(2, 0)).abs().max() < 0.3
+
+
 def test_affine_transforms_stay_in_range_inside_frame_and_are_seeded():
     src = blob_digits()
     out, mats = random_affine_digits(src, 20, seed=1)

@@ -46,10 +46,13 @@ def random_affine_digits(
         max_rotation: float = 20.0,
         max_shear: float = 0.2,
         scale_range: Tuple[float, float] = (0.8, 1.2),
+        translate: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """affNIST-like transforms of (N, S, S) uint8 images: (N * per_digit, S, S) uint8 and (N * per_digit, 2, 3).
 
-    Copies of digit i are rows i * per_digit ... (i + 1) * per_digit - 1. Deterministic given `seed`.
+    Copies of digit i are rows i * per_digit ... (i + 1) * per_digit - 1. Deterministic given `seed`. With
+    `translate=False` the digits stay at their centre of mass (with the other ranges at zero: the upright digits),
+    so that each part of the transform can be evaluated on its own.
     """
     n, size = images.shape[0], images.shape[-1]
     gen = torch.Generator().manual_seed(seed)
@@ -81,6 +84,8 @@ def random_affine_digits(
     t_hi = size - 0.5 - moved.amax(1)
     u = torch.rand(m, 2, generator=gen, dtype=torch.float64)
     t = torch.where(t_hi >= t_lo, t_lo + u * (t_hi - t_lo), (t_lo + t_hi) / 2)
+    if not translate:
+        t = torch.zeros_like(t)
 
     # Forward map p_out = A (p_in - com) + com + t; sample with its inverse (align_corners=True pixel centres).
     offset = com + t - (a @ com.unsqueeze(-1)).squeeze(-1)
@@ -153,6 +158,8 @@ class AffineDigitsDataModule(pl.LightningDataModule):
         max_test_digits: use only the first this-many (class-balanced) test digits, to bound CPU evaluation time.
         split_seed, transform_seed: seeds of the split and of the transforms.
         max_rotation (degrees), max_shear, scale_range: the transform ranges (affNIST's by default).
+        translate: move each transformed digit to a random place inside the frame (affNIST); False keeps it at its
+            centre of mass. Zero ranges and translate=False give the upright test digits.
     """
 
     num_classes = 10
@@ -172,6 +179,7 @@ class AffineDigitsDataModule(pl.LightningDataModule):
             max_rotation: float = 20.0,
             max_shear: float = 0.2,
             scale_range: Tuple[float, float] = (0.8, 1.2),
+            translate: bool = True,
             batch_size: int = 128,
             eval_batch_size: int = 500,
             num_workers: int = 0,
@@ -192,7 +200,7 @@ class AffineDigitsDataModule(pl.LightningDataModule):
     def _transformed(self, images: torch.Tensor, labels: torch.Tensor, per_digit: int, seed: int) -> DigitImages:
         hp = self.hparams
         out, matrices = random_affine_digits(images, per_digit, seed, hp.max_rotation, hp.max_shear,
-                                             tuple(hp.scale_range))
+                                             tuple(hp.scale_range), hp.translate)
         return DigitImages(out, labels.repeat_interleave(per_digit), matrices)
 
     def _balanced_head(self, labels: torch.Tensor, count: Optional[int]) -> torch.Tensor:
