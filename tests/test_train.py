@@ -83,6 +83,18 @@ def test_imagenet_recipe_matches_the_official_one(tmp_path):
 
 # ---- train, resume, evaluate ----
 
+def test_last_checkpoint_is_the_last_epoch_even_without_a_new_best(tmp_path):
+    from zoo.train import run as train
+
+    # save_top_k=0 keeps no best checkpoint at all; last.ckpt must still hold the final epoch (PL 2.6's own
+    # save_last only writes it when a best checkpoint was saved, so resuming went back to the best epoch).
+    cfg = compose_cfg('train', tiny_train_overrides(tmp_path, epochs=2) + ['+callbacks.model_checkpoint.save_top_k=0'],
+                      tmp_path)
+    train(cfg)
+    last = torch.load(tmp_path / 'run' / 'checkpoints' / 'last.ckpt', weights_only=True)
+    assert last['epoch'] == 1 and last['global_step'] == 6
+    assert sorted(p.name for p in (tmp_path / 'run' / 'checkpoints').iterdir()) == ['last.ckpt']
+
 def test_train_resume_and_evaluate(tmp_path):
     from zoo.evaluate import RESULT_COLUMNS
     from zoo.evaluate import run as evaluate
