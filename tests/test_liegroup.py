@@ -344,6 +344,23 @@ def test_small_configurations():
             assert all(m.signed_angle for m in model.modules() if isinstance(m, GroupConv2d))
 
 
+@pytest.mark.parametrize('config', sorted((Path(__file__).parents[1] / 'configs' / 'model').glob('liegroup_*.yaml')),
+                         ids=lambda p: p.stem)
+def test_model_configs_repeat_the_registered_defaults(config):
+    # The Hydra model configs list the knobs for users to change; with the listed values they must build the same
+    # model as the bare timm name (a stale copy once trained the small models on the wrong sampler).
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.load(config)
+    listed, registered = timm.create_model(cfg.name, **cfg.kwargs), timm.create_model(cfg.name)
+
+    def settings(model):
+        sampler = model.sampler and vars(model.sampler)
+        chart = [m.signed_angle for m in model.modules() if isinstance(m, GroupConv2d)]
+        return sampler, chart, model.input_pad, model.num_samples, model.eval_seed, model.head.drop.p
+
+    assert settings(listed) == settings(registered)
+
+
 def test_bad_input_is_named():
     model = tiny_model('sl2')
     with pytest.raises(ValueError, match=r'expected \(B, 1, H, W\)'):
