@@ -247,6 +247,23 @@ def test_conv_backend_choice():
         GroupConv2d(2, 2, 5, conv_backend='fft')
 
 
+@pytest.mark.parametrize('group', ['sl2', 'gl2'])
+def test_winograd_model_matches_direct_in_float32(group):
+    # 16 channels x 8 samples = 128 packed channels: 'auto' takes the Winograd path on the CPU.
+    x = torch.rand(2, 1, 40, 40, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    logits = {}
+    for backend in ('direct', 'auto'):
+        torch.manual_seed(0)
+        model = LieGroupResNet(group=group, num_samples=8, width=16).eval()
+        with torch.no_grad():
+            logits[backend] = model(x)
+        exact = model.double()(x.double())
+    assert model.stages[0].conv1.use_winograd(torch.zeros(1, 128, 8, 8), torch.zeros(128, 128, 5, 5))
+    # Both float32 paths are within float32 rounding of the float64 model.
+    for backend in ('direct', 'auto'):
+        torch.testing.assert_close(logits[backend].double(), exact, rtol=0, atol=2e-5)
+
+
 def test_kernel_cache_reused_and_invalidated():
     model = tiny_model('sl2')
     conv = model.stages[0].conv1
