@@ -1,4 +1,4 @@
-"""Kernel micro-benchmark: `python -m zoo.bench --kernel dwconv2d|inception_dw|longconv [shape flags]`
+"""Kernel micro-benchmark: `python -m zoo.bench --kernel dwconv2d|inception_dw|longconv|winograd [shape flags]`
 (or `python -m kernels.bench ...`, the same CLI).
 
 Every implementation of a kernel runs on the same inputs and the same output cotangent:
@@ -6,11 +6,13 @@ Every implementation of a kernel runs on the same inputs and the same output cot
   channels_last: cuDNN) with cudnn enabled; the backend PyTorch selects is reported.
 - inception_dw: our fused Triton mixer against timm's `InceptionDWConv2d` (split, three convs, cat), both layouts.
 - longconv: our Triton-fused cuFFT path against the torch.fft reference.
+- winograd: `kernels.conv2d_winograd` against `F.conv2d` for the dense 'same' convs of the Lie-group layers
+  (float32, on the CPU where the models use it).
 Timing: CUDA events around `--num-bench-iter` back-to-back calls after `--num-warm-iter` warm-up calls on a GPU,
 `time.perf_counter` on a CPU. `*_fwd_ms` is one forward, `*_fwdbwd_ms` one forward plus backward (all grads).
 Bandwidth (`*_fwd_gbps`) counts the minimum bytes a forward must move (read input and weights once, write output
 once) over the measured time; `fwd_pct_peak` divides by `--peak-gbps` (default: a table of known GPUs).
-`speedup_*` = best PyTorch time / best Triton time. One JSON object per shape on stdout.
+`speedup_*` = best PyTorch time / best time of ours (Triton or Winograd). One JSON object per shape on stdout.
 """
 import argparse
 import csv
@@ -32,25 +34,31 @@ PEAK_GBPS = (('H200', 4800.0), ('H100 PCIe', 2000.0), ('H100', 3350.0), ('A100-S
 UNIREPLKNET_T = ((160, 28), (320, 14), (640, 7))  # 13x13 stages (stage 1 uses 3x3)
 INCEPTIONNEXT_T = ((96, 56), (192, 28), (384, 14), (768, 7))
 LONGCONV_L = (1024, 2048, 4096, 8192, 16384)
+# Packed (channel x sample) width and resolution of the Lie-group convs: the paper's (40 x 10) at both stages, the
+# small registered model's (8 x 4) and a 16 x 4 one.
+LIEGROUP_CONVS = ((400, 36), (400, 18), (64, 36), (32, 26))
+OURS = ('triton', 'winograd')  # implementation-name prefixes of our kernels
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='python -m zoo.bench', description=__doc__.split('\n')[0])
-    parser.add_argument('--kernel', required=True, choices=('dwconv2d', 'inception_dw', 'longconv'))
+    parser.add_argument('--kernel', required=True, choices=('dwconv2d', 'inception_dw', 'longconv', 'winograd'))
     parser.add_argument('--batch-size', '-b', type=int, default=None, metavar='N',
-                        help='default 64 (dwconv2d, inception_dw), 16 (longconv)')
+                        help='default 64 (dwconv2d, inception_dw), 16 (longconv), 8 (winograd)')
     parser.add_argument('--channels', type=int, default=None, metavar='C',
                         help='one shape instead of the model presets (with --img-size / --seq-len)')
     parser.add_argument('--img-size', type=int, default=None, metavar='R', help='square input size')
     parser.add_argument('--kernel-size', type=int, default=None, metavar='K',
-                        help='dwconv2d: K x K (default 13); inception_dw: square kernel (default 3)')
+                        help='dwconv2d: K x K (default 13); inception_dw: square kernel (default 3); '
+                             'winograd: 3 or 5 (default 5)')
     parser.add_argument('--band-kernel-size', type=int, default=11, metavar='K', help='inception_dw band length')
     parser.add_argument('--branch-ratio', type=float, default=0.125, help='inception_dw channels per branch / C')
     parser.add_argument('--dilation', type=int, default=1, help='dwconv2d dilation')
     parser.add_argument('--seq-len', type=int, default=None, metavar='L', help='longconv length (default 1K..16K)')
     parser.add_argument('--bidirectional', action='store_true', help='longconv with a two-sided kernel')
     parser.add_argument('--no-skip', action='store_true', help='longconv without the D skip term')
-    parser.add_argument('--precision', default='bfloat16', choices=tuple(DTYPES))
+    parser.add_argument('--precision', default=None, choices=tuple(DTYPES),
+                        help='default bfloat16 (float32 for winograd, which is float32/float64 only)')
     parser.add_argument('--bench', default='both', choices=('forward', 'train', 'both'),
                         help='forward only, forward+backward, or both')
     parser.add_argument('--no-tensor-cores', action='store_true',
@@ -174,7 +182,21 @@ def longconv_cases(args, device, dtype):
         yield info, impls, 2 * u.numel() * u.element_size() + k.numel() * 4, u.shape
 
 
-CASES = {'dwconv2d': dwconv2d_cases, 'inception_dw': inception_dw_cases, 'longconv': longconv_cases}
+def winograd_cases(args, device, dtype):
+    B, k = args.batch_size or 8, args.kernel_size or 5
+    shapes = [(args.channels, args.img_size or 36)] if args.channels else LIEGROUP_CONVS
+    for C, R in shapes:
+        x = torch.randn(B, C, R, R, device=device, dtype=dtype)
+        w = (torch.randn(C, C, k, k, device=device) / (k * C ** 0.5)).to(dtype)
+        pad = k // 2
+        impls = {'winograd': (lambda x_, w_: kernels.conv2d_winograd(x_, w_, pad), (_leaf(x), _leaf(w))),
+                 'torch': (lambda x_, w_: F.conv2d(x_, w_, padding=pad), (_leaf(x), _leaf(w)))}
+        info = dict(batch=B, channels=C, img_size=R, kernel_size=k, torch_backend=_conv_backend(x, w, (pad, pad), 1))
+        yield info, impls, (2 * x.numel() + w.numel()) * x.element_size(), x.shape
+
+
+CASES = {'dwconv2d': dwconv2d_cases, 'inception_dw': inception_dw_cases, 'longconv': longconv_cases,
+         'winograd': winograd_cases}
 
 
 def peak_gbps(device: torch.device, override: Optional[float]) -> Optional[float]:
@@ -188,6 +210,7 @@ def peak_gbps(device: torch.device, override: Optional[float]) -> Optional[float
 
 def run(args) -> List[Dict]:
     device = torch.device(args.device)
+    args.precision = args.precision or ('float32' if args.kernel == 'winograd' else 'bfloat16')
     dtype = DTYPES[args.precision]
     torch.backends.cudnn.enabled = True
     torch.backends.cudnn.benchmark = True  # the best cuDNN algorithm for the PyTorch baseline
@@ -215,8 +238,8 @@ def run(args) -> List[Dict]:
             except Exception as e:  # record and go on with the other implementations
                 row[f'{name}_error'] = f'{type(e).__name__}: {e}'.splitlines()[0][:200]
         for phase in ('fwd', 'fwdbwd'):
-            ours = [v for k, v in row.items() if k.startswith('triton') and k.endswith(f'_{phase}_ms')]
-            theirs = {k: v for k, v in row.items() if not k.startswith('triton') and k.endswith(f'_{phase}_ms')}
+            ours = [v for k, v in row.items() if k.startswith(OURS) and k.endswith(f'_{phase}_ms')]
+            theirs = {k: v for k, v in row.items() if not k.startswith(OURS) and k.endswith(f'_{phase}_ms')}
             if ours and theirs:
                 best = min(theirs, key=theirs.get)
                 row[f'best_torch_{phase}'] = best[:-len(f'_{phase}_ms')]

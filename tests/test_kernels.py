@@ -374,6 +374,7 @@ def test_functions_stay_leaves_under_fx():
     ('dwconv2d', ['--channels', '3', '--img-size', '7', '--kernel-size', '3']),
     ('inception_dw', ['--channels', '16', '--img-size', '7', '--branch-ratio', '0.25', '--band-kernel-size', '5']),
     ('longconv', ['--channels', '2', '--seq-len', '64', '--bidirectional']),
+    ('winograd', ['--channels', '8', '--img-size', '9']),
 ])
 def test_kernel_micro_benchmark_mode(kernel, flags, capsys):
     from zoo.bench import main
@@ -382,8 +383,9 @@ def test_kernel_micro_benchmark_mode(kernel, flags, capsys):
                  '--num-warm-iter', '0', '--num-bench-iter', '1'])
     assert len(rows) == 1 and not any(k.endswith('_error') for k in rows[0]), rows
     row = rows[0]
-    baseline = {'dwconv2d': 'torch_nchw', 'inception_dw': 'timm_nchw', 'longconv': 'torch_fft'}[kernel]
+    baseline = {'dwconv2d': 'torch_nchw', 'inception_dw': 'timm_nchw', 'longconv': 'torch_fft',
+                'winograd': 'torch'}[kernel]
     assert row[f'{baseline}_fwd_ms'] > 0 and row[f'{baseline}_fwdbwd_ms'] > 0 and row[f'{baseline}_fwd_gbps'] > 0
-    if kernels.HAS_TRITON and kernels.INTERPRET:
+    if kernel == 'winograd' or (kernels.HAS_TRITON and kernels.INTERPRET):
         assert row['speedup_fwd'] > 0 and row['speedup_fwdbwd'] > 0
     assert json.loads(capsys.readouterr().out.strip()) == row
