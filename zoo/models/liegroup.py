@@ -17,6 +17,9 @@ Differences from the released code (same architecture and kernel maths otherwise
 * the final group conv is given the samples its input actually lives on (the lifting samples);
 * the GL+(2) volume factor 1/|det g_in| is applied per input sample (the release broadcasts it over the output
   samples).
+Options the release does not have, off in the paper configurations and on in the small CPU ones: stratified rotation
+samples, the signed relative-angle chart, input padding. On the CPU, wide group convs run as Winograd convolutions
+(`kernels.conv2d_winograd`, the same function to float32 rounding).
 
 The timm feature map is the group-pooled map (max over the samples), so `forward_features` is a (B, C, H, W)
 image-like map that transforms by the spatial action; the head's global max pool over it is the paper's invariant
@@ -294,7 +297,8 @@ class GroupConv2d(_SampledConv):
 
     def weight(self, g_in: torch.Tensor, g_out_inv: torch.Tensor) -> torch.Tensor:
         n_out, n_in, k = g_out_inv.shape[0], g_in.shape[0], self.kernel_size
-        rel = polar_coordinates(g_out_inv.unsqueeze(1) @ g_in.unsqueeze(0), self.group, self.signed_angle)  # (N_out, N_in, d)
+        relative = g_out_inv.unsqueeze(1) @ g_in.unsqueeze(0)  # (N_out, N_in, 2, 2)
+        rel = polar_coordinates(relative, self.group, self.signed_angle)  # (N_out, N_in, d)
         points = torch.einsum('nij,pj->npi', g_out_inv, self.grid.to(g_out_inv.dtype))  # (N_out, k*k, 2)
         coords = torch.cat((
             points.unsqueeze(1).expand(-1, n_in, -1, -1),
@@ -319,6 +323,7 @@ class GroupConv2d(_SampledConv):
         return y.view(y.shape[0], self.out_chans, g_out_inv.shape[0], *y.shape[-2:])
 
     def use_winograd(self, x: torch.Tensor, w: torch.Tensor) -> bool:
+        """Whether the packed input x (B, C_in * N_in, H, W) and weight w run through `conv2d_winograd`."""
         if self.conv_backend == 'direct':
             return False
         if self.conv_backend == 'winograd':
@@ -326,8 +331,8 @@ class GroupConv2d(_SampledConv):
                 raise ValueError(f"conv_backend='winograd' needs float32/float64 inputs and kernel size in (3, 5), "
                                  f"got {x.dtype} and kernel {self.kernel_size}; use 'auto' or 'direct'")
             return True
-        return (x.device.type == 'cpu' and not torch.is_autocast_enabled('cpu') and x.shape[1] >= WINOGRAD_MIN_CHANNELS
-                and winograd_supported(x, w))
+        return (x.device.type == 'cpu' and not torch.is_autocast_enabled('cpu')
+                and x.shape[1] >= WINOGRAD_MIN_CHANNELS and winograd_supported(x, w))
 
 
 @register_notrace_module
