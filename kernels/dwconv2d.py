@@ -35,6 +35,14 @@ TENSOR_CORE_MIN_SIZE = 12
 
 
 @triton.jit
+def _load_segment(seg_ptr):
+    """This program's segment-table row (SEG_FIELDS columns): c_begin, c_end, kh, kw, pad_h, pad_w, weight offset."""
+    seg = seg_ptr + tl.program_id(0) * 7
+    return (tl.load(seg), tl.load(seg + 1), tl.load(seg + 2), tl.load(seg + 3), tl.load(seg + 4), tl.load(seg + 5),
+            tl.load(seg + 6))
+
+
+@triton.jit
 def _dw_fwd_kernel(
         x_ptr, w_ptr, b_ptr, y_ptr, seg_ptr,
         H_in, W_in, H_out, W_out, n_tiles_w,
@@ -42,16 +50,9 @@ def _dw_fwd_kernel(
         dil_h, dil_w,
         HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
 ):
-    seg = seg_ptr + tl.program_id(0) * 7  # SEG_FIELDS columns
+    c0, c1, kh_size, kw_size, pad_h, pad_w, w_off = _load_segment(seg_ptr)
     pid_t = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
-    c0 = tl.load(seg)
-    c1 = tl.load(seg + 1)
-    kh_size = tl.load(seg + 2)
-    kw_size = tl.load(seg + 3)
-    pad_h = tl.load(seg + 4)
-    pad_w = tl.load(seg + 5)
-    w_off = tl.load(seg + 6)
 
     offs_c = c0 + tl.arange(0, BLOCK_C)
     mask_c = offs_c < c1
@@ -91,17 +92,10 @@ def _dw_wgrad_kernel(
         HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
 ):
     """dw[c, i, j] = sum_{b, oh, ow} dy[b, c, oh, ow] * x[b, c, oh - pad_h + i*dil_h, ow - pad_w + j*dil_w]."""
-    seg = seg_ptr + tl.program_id(0) * 7  # SEG_FIELDS columns
+    c0, c1, kh_size, kw_size, pad_h, pad_w, w_off = _load_segment(seg_ptr)
     pid_t = tl.program_id(1)
     pid_b = tl.program_id(2)
     split = (pid_t * tl.num_programs(2) + pid_b).to(tl.int64)
-    c0 = tl.load(seg)
-    c1 = tl.load(seg + 1)
-    kh_size = tl.load(seg + 2)
-    kw_size = tl.load(seg + 3)
-    pad_h = tl.load(seg + 4)
-    pad_w = tl.load(seg + 5)
-    w_off = tl.load(seg + 6)
     b_begin = pid_b * batch_per_split
     b_end = tl.minimum(b_begin + batch_per_split, B)
 
@@ -159,15 +153,10 @@ def _dw_fwd_dot_kernel(
     """Tensor-core forward for fp16/bf16 NCHW, one channel per program: for each kernel row i,
     y_tile += X_i (TILE_H x KPAD input window) @ T_i (KPAD x TILE_W banded Toeplitz matrix of row i's taps),
     so each output costs one load per kernel row instead of one per tap."""
-    seg = seg_ptr + tl.program_id(0) * 7  # SEG_FIELDS columns; one channel per row here
+    c, _, kh_size, kw_size, pad_h, pad_w, w_off = _load_segment(seg_ptr)  # one channel per row here
+    w_row = w_ptr + w_off
     pid_t = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
-    c = tl.load(seg)
-    kh_size = tl.load(seg + 2)
-    kw_size = tl.load(seg + 3)
-    pad_h = tl.load(seg + 4)
-    pad_w = tl.load(seg + 5)
-    w_row = w_ptr + tl.load(seg + 6)
 
     oh = (pid_t // n_tiles_w) * TILE_H + tl.arange(0, TILE_H)
     ow0 = (pid_t % n_tiles_w) * TILE_W
@@ -204,16 +193,11 @@ def _dw_wgrad_dot_kernel(
 ):
     """Tensor-core weight grad for fp16/bf16 NCHW, one channel per program: per kernel row i,
     G = sum_b X_i^T (KPAD x TILE_H) @ dy (TILE_H x TILE_W); then dw[i, j] is the sum of G's j-th band diagonal."""
-    seg = seg_ptr + tl.program_id(0) * 7  # SEG_FIELDS columns; one channel per row here
+    c, _, kh_size, kw_size, pad_h, pad_w, w_off = _load_segment(seg_ptr)  # one channel per row here
     pid_t = tl.program_id(1)
     pid_b = tl.program_id(2)
     split = (pid_t * tl.num_programs(2) + pid_b).to(tl.int64)
-    c = tl.load(seg)
-    kh_size = tl.load(seg + 2)
-    kw_size = tl.load(seg + 3)
-    pad_h = tl.load(seg + 4)
-    pad_w = tl.load(seg + 5)
-    dw_row = dw_ptr + split * n_wts + tl.load(seg + 6)
+    dw_row = dw_ptr + split * n_wts + w_off
     b_begin = pid_b * batch_per_split
     b_end = tl.minimum(b_begin + batch_per_split, B)
 
