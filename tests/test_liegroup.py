@@ -8,8 +8,8 @@ import torch
 
 import zoo  # noqa: F401  (registers the models)
 from zoo.models.liegroup import (
-    GROUP_DIMS, GroupConv2d, GroupSampler, LieGroupResNet, LiftingConv2d, checkpoint_filter_fn, polar_coordinates,
-    rotation_matrix,
+    GROUP_DIMS, GroupConv2d, GroupSampler, KernelNet, LieGroupResNet, LiftingConv2d, checkpoint_filter_fn,
+    polar_coordinates, rotation_matrix,
 )
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'liegroup'
@@ -359,6 +359,30 @@ def test_small_configurations():
         if model.sampler is not None:
             assert (model.sampler.rotation, model.sampler.rotation_range) == ('stratified', 0.25)
             assert all(m.signed_angle for m in model.modules() if isinstance(m, GroupConv2d))
+            assert all(m.omegas == [1.0] * 3 for m in model.modules() if isinstance(m, KernelNet))  # folded
+    # kernel_mlp options update the small defaults instead of replacing them
+    model = timm.create_model('liegroup_sl2_small', kernel_mlp=dict(num_hidden=0))
+    assert model.stem.conv.kernel_net.omegas == [1.0]
+    assert timm.create_model('liegroup_sl2_small', kernel_mlp=dict(fold_omega=False)).stem.conv.kernel_net.omegas[0] == 10
+
+
+def test_fold_omega_keeps_the_function_and_slows_the_phases():
+    # Folding omega into the sine weights gives the same kernels at init; Adam's first step (about lr * sign(grad)
+    # per weight) then moves the first layer's phases omega = 10 times less far.
+    x = torch.rand(64, 5) * 2 - 1
+    nets = []
+    for fold in (False, True):
+        torch.manual_seed(0)
+        nets.append(KernelNet(5, 6, fan_in=10, hidden=16, fold_omega=fold))
+    torch.testing.assert_close(nets[0](x), nets[1](x))
+    phase_steps = []
+    for net in nets:
+        before = net.omegas[0] * net.layers[0](x).detach()
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        net(x).square().sum().backward()
+        opt.step()
+        phase_steps.append((net.omegas[0] * net.layers[0](x).detach() - before).abs().mean())
+    assert phase_steps[1] == pytest.approx(phase_steps[0] / 10, rel=1e-3)
 
 
 @pytest.mark.parametrize('config', sorted((Path(__file__).parents[1] / 'configs' / 'model').glob('liegroup_*.yaml')),
@@ -373,7 +397,8 @@ def test_model_configs_repeat_the_registered_defaults(config):
     def settings(model):
         sampler = model.sampler and vars(model.sampler)
         chart = [m.signed_angle for m in model.modules() if isinstance(m, GroupConv2d)]
-        return sampler, chart, model.input_pad, model.num_samples, model.eval_seed, model.head.drop.p
+        omegas = [m.omegas for m in model.modules() if isinstance(m, KernelNet)]
+        return sampler, chart, omegas, model.input_pad, model.num_samples, model.eval_seed, model.head.drop.p
 
     assert settings(listed) == settings(registered)
 

@@ -172,26 +172,36 @@ class KernelNet(nn.Module):
     in_features -> hidden (sin(first_omega * .)) -> hidden (sin(omega * .)) x num_hidden -> C_out * C_in.
     Initialisation as in SIREN / the release: first layer U(+-1/in), later U(+-sqrt(6/in)/omega) with zero bias,
     output layer U(+-sqrt(6/hidden)/sqrt(fan_in)) with zero bias, fan_in = C_in * k^2.
+
+    fold_omega: keep omega inside the sine layers' weights and biases (sin(W' x + b') with W' = omega W) instead of
+    multiplying in `forward`. The function at init is the same, but Adam's steps, whose size does not depend on the
+    gradient's scale, then move the sine phases omega times more slowly. With the release's form the phases of the
+    3 sine layers drift so fast that the small models' kernels change direction from step to step, and some seeds
+    sit at chance for epochs (docs/liegroup.md). Not for the release's checkpoints, which store W.
     """
 
     def __init__(self, in_features: int, out_features: int, fan_in: int, hidden: int = 60, num_hidden: int = 2,
-                 first_omega: float = 10.0, omega: float = 10.0):
+                 first_omega: float = 10.0, omega: float = 10.0, fold_omega: bool = False):
         super().__init__()
         if first_omega <= 0 or omega <= 0:
             raise ValueError(f"SIREN frequencies must be positive, got {first_omega}, {omega}")
         dims = [in_features] + [hidden] * (num_hidden + 1)
         self.layers = nn.ModuleList(nn.Linear(d_in, d_out) for d_in, d_out in zip(dims[:-1], dims[1:]))
-        self.omegas = [first_omega] + [omega] * num_hidden
+        omegas = [first_omega] + [omega] * num_hidden
         self.fc = nn.Linear(hidden, out_features)
         with torch.no_grad():
             for i, layer in enumerate(self.layers):
-                bound = 1 / layer.in_features if i == 0 else math.sqrt(6 / layer.in_features) / self.omegas[i]
+                bound = 1 / layer.in_features if i == 0 else math.sqrt(6 / layer.in_features) / omegas[i]
                 layer.weight.uniform_(-bound, bound)
                 if i > 0:
                     layer.bias.zero_()
+                if fold_omega:
+                    layer.weight.mul_(omegas[i])
+                    layer.bias.mul_(omegas[i])
             bound = math.sqrt(6 / hidden) / math.sqrt(fan_in)
             self.fc.weight.uniform_(-bound, bound)
             self.fc.bias.zero_()
+        self.omegas = [1.0] * len(omegas) if fold_omega else omegas
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer, omega in zip(self.layers, self.omegas):
@@ -470,7 +480,8 @@ class LieGroupResNet(nn.Module):
         conv_backend: how the group convs run their dense conv, 'auto' | 'direct' | 'winograd' (see `GroupConv2d`).
         eval_seed: seed of the fixed evaluation samples. eval_resample: draw new samples at every eval call, as the
             release does (non-deterministic predictions).
-        kernel_mlp: SIREN options (hidden, num_hidden, first_omega, omega); the paper: 60 wide, 3 sine layers, 10.
+        kernel_mlp: SIREN options (hidden, num_hidden, first_omega, omega, fold_omega); the paper: 60 wide, 3 sine
+            layers, omega 10, not folded. The small configurations fold omega (see `KernelNet`).
     """
 
     def __init__(
@@ -725,10 +736,10 @@ def _create_liegroup(variant: str, pretrained: bool = False, **kwargs) -> LieGro
 
 # The CPU configurations (not in the paper): 4 samples per layer with rotations stratified over +-45 degrees (a fixed
 # grid of 4 would make the model exactly invariant to quarter turns, i.e. blind to 6 vs 9, and never show it the
-# rotations in between), the continuous relative-angle chart that such samples need, and input padding against the
-# frame border (see `LieGroupResNet`).
+# rotations in between), the continuous relative-angle chart that such samples need, input padding against the
+# frame border (see `LieGroupResNet`), and kernel SIRENs with omega folded into their weights (see `KernelNet`).
 _SMALL_GROUP_ARGS = dict(num_samples=4, width=8, stem_pool=True, input_pad=8, rotation_sampler='stratified',
-                         rotation_range=0.25, signed_angle=True)
+                         rotation_range=0.25, signed_angle=True, kernel_mlp=dict(fold_omega=True))
 
 
 @register_model
@@ -743,16 +754,20 @@ def liegroup_gl2(pretrained=False, **kwargs) -> LieGroupResNet:
     return _create_liegroup('liegroup_gl2', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
+def _small_group_args(group: str, kwargs: dict) -> dict:
+    # kernel_mlp options given by the caller update the small defaults rather than replace them (fold_omega stays on).
+    kernel_mlp = dict(_SMALL_GROUP_ARGS['kernel_mlp'], **(kwargs.pop('kernel_mlp', None) or {}))
+    return dict(_SMALL_GROUP_ARGS, group=group, kernel_mlp=kernel_mlp, **kwargs)
+
+
 @register_model
 def liegroup_sl2_small(pretrained=False, **kwargs) -> LieGroupResNet:
-    model_args = dict(group='sl2', **_SMALL_GROUP_ARGS)
-    return _create_liegroup('liegroup_sl2_small', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_liegroup('liegroup_sl2_small', pretrained=pretrained, **_small_group_args('sl2', kwargs))
 
 
 @register_model
 def liegroup_gl2_small(pretrained=False, **kwargs) -> LieGroupResNet:
-    model_args = dict(group='gl2', **_SMALL_GROUP_ARGS)
-    return _create_liegroup('liegroup_gl2_small', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_liegroup('liegroup_gl2_small', pretrained=pretrained, **_small_group_args('gl2', kwargs))
 
 
 @register_model
