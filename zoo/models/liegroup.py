@@ -18,7 +18,7 @@ Differences from the released code (same architecture and kernel maths otherwise
 * the GL+(2) volume factor 1/|det g_in| is applied per input sample (the release broadcasts it over the output
   samples).
 Options the release does not have, off in the paper configurations and on in the small CPU ones: stratified rotation
-samples, the signed relative-angle chart, input padding. On the CPU, wide group convs run as Winograd convolutions
+samples, the signed relative-angle chart, input padding, kernel SIRENs with omega folded into their weights. On the CPU, wide group convs run as Winograd convolutions
 (`kernels.conv2d_winograd`, the same function to float32 rounding).
 
 The timm feature map is the group-pooled map (max over the samples), so `forward_features` is a (B, C, H, W)
@@ -39,7 +39,7 @@ from timm.models import (
 )
 from timm.models._features import feature_take_indices
 
-from kernels import conv2d_winograd, winograd_supported
+from kernels import WINOGRAD_KERNEL_SIZES, conv2d_winograd, winograd_supported
 
 __all__ = ['GroupSampler', 'LiftingConv2d', 'GroupConv2d', 'LieGroupResNet', 'polar_coordinates']
 
@@ -338,8 +338,9 @@ class GroupConv2d(_SampledConv):
             return False
         if self.conv_backend == 'winograd':
             if not winograd_supported(x, w):
-                raise ValueError(f"conv_backend='winograd' needs float32/float64 inputs and kernel size in (3, 5), "
-                                 f"got {x.dtype} and kernel {self.kernel_size}; use 'auto' or 'direct'")
+                raise ValueError(f"conv_backend='winograd' needs float32/float64 inputs and a kernel size in "
+                                 f"{WINOGRAD_KERNEL_SIZES}, got {x.dtype} and kernel {self.kernel_size}; "
+                                 f"use 'auto' or 'direct'")
             return True
         return (x.device.type == 'cpu' and not torch.is_autocast_enabled('cpu')
                 and x.shape[1] >= WINOGRAD_MIN_CHANNELS and winograd_supported(x, w))
