@@ -199,6 +199,22 @@ def test_stratified_sampler_one_angle_per_cell_and_midpoints_for_eval():
 
 
 @pytest.mark.parametrize('group', ['sl2', 'gl2'])
+def test_eval_spd_identity_keeps_the_rotations_and_drops_the_positive_definite_factor(group):
+    kw = dict(rotation_sampler='stratified', rotation_range=0.5, spd_spread=0.1)
+    sampled, centred = tiny_model(group, **kw), tiny_model(group, eval_spd='identity', **kw)
+    g, g_inv = centred.eval_samples[:, 0], centred.eval_samples[:, 1]
+    eye = torch.eye(2, dtype=torch.float64).expand_as(g)
+    torch.testing.assert_close(g @ g.mT, eye)  # pure rotations
+    torch.testing.assert_close(g @ g_inv, eye)
+    assert (sampled.eval_samples[:, 0] @ sampled.eval_samples[:, 0].mT - eye).abs().max() > 1e-2
+    # the rotation factors are the same cell midpoints: R of g = P R is the orthogonal factor of the polar decomposition
+    u, _, vh = torch.linalg.svd(sampled.eval_samples[:, 0])
+    torch.testing.assert_close(u @ vh, g)
+    with pytest.raises(ValueError, match='eval_spd'):
+        tiny_model(group, eval_spd='mean')
+
+
+@pytest.mark.parametrize('group', ['sl2', 'gl2'])
 def test_signed_angle_chart_is_continuous_at_the_identity(group):
     index = 1 if group == 'sl2' else 3
     small = rotation_matrix(torch.tensor([-1e-3, 1e-3], dtype=torch.float64))
@@ -358,8 +374,10 @@ def test_small_configurations():
         assert model.input_pad == 8 and model.stem_pool
         assert model.pretrained_cfg['pool_size'] == model.forward_features(torch.zeros(1, 1, 40, 40)).shape[-2:]
         if model.sampler is not None:
-            assert (model.sampler.rotation, model.sampler.rotation_range) == ('stratified', 0.25)
+            expected_range = 0.5 if model.group == 'gl2' else 0.25
+            assert (model.sampler.rotation, model.sampler.rotation_range) == ('stratified', expected_range)
             assert all(m.signed_angle for m in model.modules() if isinstance(m, GroupConv2d))
+            assert model.eval_spd == 'identity'
             assert all(m.omegas == [1.0] * 3 for m in model.modules() if isinstance(m, KernelNet))  # folded
     # kernel_mlp options update the small defaults instead of replacing them
     model = timm.create_model('liegroup_sl2_small', kernel_mlp=dict(num_hidden=0))
@@ -400,7 +418,8 @@ def test_model_configs_repeat_the_registered_defaults(config):
         sampler = model.sampler and vars(model.sampler)
         chart = [m.signed_angle for m in model.modules() if isinstance(m, GroupConv2d)]
         omegas = [m.omegas for m in model.modules() if isinstance(m, KernelNet)]
-        return sampler, chart, omegas, model.input_pad, model.num_samples, model.eval_seed, model.head.drop.p
+        return (sampler, chart, omegas, model.input_pad, model.num_samples, model.eval_seed, model.eval_spd,
+                model.head.drop.p)
 
     assert settings(listed) == settings(registered)
 

@@ -152,11 +152,14 @@ class GroupSampler:
         half_inv = (v * torch.exp(-0.5 * e).unsqueeze(-2)) @ v.mT
         return half, half_inv
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None,
-               jitter: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(g, g^-1), each (n, 2, 2) float64 on the CPU; g^-1 = R^-1 exp(-X / 2) is exact, no matrix inverse."""
+    def sample(self, n: int, generator: Optional[torch.Generator] = None, jitter: bool = True,
+               spd: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(g, g^-1), each (n, 2, 2) float64 on the CPU; g^-1 = R^-1 exp(-X / 2) is exact, no matrix inverse.
+
+        spd=False leaves out the positive-definite factor (rotations only, as with spd_spread = 0).
+        """
         rot, rot_inv = self.rotations(n, generator, jitter)
-        if self.spd_spread == 0.0:
+        if self.spd_spread == 0.0 or not spd:
             return rot, rot_inv
         half, half_inv = self.spd_halves(n, generator)
         return half @ rot, rot_inv @ half_inv
@@ -481,6 +484,10 @@ class LieGroupResNet(nn.Module):
         conv_backend: how the group convs run their dense conv, 'auto' | 'direct' | 'winograd' (see `GroupConv2d`).
         eval_seed: seed of the fixed evaluation samples. eval_resample: draw new samples at every eval call, as the
             release does (non-deterministic predictions).
+        eval_spd: positive-definite factor of the fixed evaluation samples: 'sampled' (drawn from eval_seed) or
+            'identity' (the log-normal's median, so the samples are the rotations alone; with the stratified sampler,
+            the centre of each cell). A test transform shifts the samples (f(a x; H) = f(x; a^-1 H)); from centred
+            samples the shifted ones stay in the bulk of what training drew. The small configurations use 'identity'.
         kernel_mlp: SIREN options (hidden, num_hidden, first_omega, omega, fold_omega); the paper: 60 wide, 3 sine
             layers, omega 10, not folded. The small configurations fold omega (see `KernelNet`).
     """
@@ -507,6 +514,7 @@ class LieGroupResNet(nn.Module):
             conv_backend: str = 'auto',
             eval_seed: int = 0,
             eval_resample: bool = False,
+            eval_spd: str = 'sampled',
             kernel_mlp: Optional[dict] = None,
     ):
         super().__init__()
@@ -521,8 +529,11 @@ class LieGroupResNet(nn.Module):
         self.num_classes = num_classes
         self.num_features = width
         self.head_hidden_size = head_hidden_size
+        if eval_spd not in ('sampled', 'identity'):
+            raise ValueError(f"eval_spd must be 'sampled' or 'identity', got {eval_spd!r}")
         self.eval_seed = eval_seed
         self.eval_resample = eval_resample
+        self.eval_spd = eval_spd
         self.depth = depth
         if input_pad < 0:
             raise ValueError(f"input_pad must be >= 0, got {input_pad}")
@@ -562,7 +573,8 @@ class LieGroupResNet(nn.Module):
     def resample_eval(self, seed: Optional[int] = None):
         """Redraw the fixed evaluation samples from `seed` (default: `eval_seed`); invalidates kernel caches."""
         gen = torch.Generator().manual_seed(self.eval_seed if seed is None else seed)
-        pairs = [torch.stack(self.sampler.sample(self.num_samples, gen, jitter=False)) for _ in range(2)]
+        spd = self.eval_spd == 'sampled'
+        pairs = [torch.stack(self.sampler.sample(self.num_samples, gen, jitter=False, spd=spd)) for _ in range(2)]
         self.eval_samples.copy_(torch.stack(pairs))
 
     def set_samples(self, stem: Tuple[torch.Tensor, torch.Tensor], final: Tuple[torch.Tensor, torch.Tensor]):
@@ -716,7 +728,7 @@ default_cfgs = generate_default_cfgs({
                                       'within +-45 degrees, stem pool, input padding 8)'),
     'liegroup_gl2_small': _cfg(
         pool_size=(9, 9), description='R^2 x GL+(2,R) GResNet, CPU configuration (width 8, 4 stratified samples '
-                                      'within +-45 degrees, stem pool, input padding 8)'),
+                                      'within +-90 degrees, stem pool, input padding 8)'),
     'liegroup_cnn': _cfg(
         first_conv='stem.conv', description='plain CNN with the GResNet layout, parameter count of liegroup_sl2'),
     'liegroup_cnn_small': _cfg(
@@ -735,12 +747,15 @@ def _create_liegroup(variant: str, pretrained: bool = False, **kwargs) -> LieGro
     )
 
 
-# The CPU configurations (not in the paper): 4 samples per layer with rotations stratified over +-45 degrees (a fixed
-# grid of 4 would make the model exactly invariant to quarter turns, i.e. blind to 6 vs 9, and never show it the
-# rotations in between), the continuous relative-angle chart that such samples need, input padding against the
-# frame border (see `LieGroupResNet`), and kernel SIRENs with omega folded into their weights (see `KernelNet`).
+# The CPU configurations (not in the paper): 4 samples per layer with rotations stratified over +-45 degrees for
+# SL(2) and +-90 degrees for GL+(2), each the better range on validation accuracy (docs/liegroup.md). A fixed grid
+# of 4 would make the model exactly invariant to quarter turns, i.e. blind to 6 vs 9, and never show it the rotations
+# in between. Also: the continuous relative-angle chart that such samples need, input padding against the frame
+# border and evaluation samples without the positive-definite factor (see `LieGroupResNet`), and kernel SIRENs with
+# omega folded into their weights (see `KernelNet`).
 _SMALL_GROUP_ARGS = dict(num_samples=4, width=8, stem_pool=True, input_pad=8, rotation_sampler='stratified',
-                         rotation_range=0.25, signed_angle=True, kernel_mlp=dict(fold_omega=True))
+                         signed_angle=True, eval_spd='identity', kernel_mlp=dict(fold_omega=True))
+_SMALL_ROTATION_RANGE = dict(sl2=0.25, gl2=0.5)
 
 
 @register_model
@@ -758,7 +773,8 @@ def liegroup_gl2(pretrained=False, **kwargs) -> LieGroupResNet:
 def _small_group_args(group: str, kwargs: dict) -> dict:
     # kernel_mlp options given by the caller update the small defaults rather than replace them (fold_omega stays on).
     kernel_mlp = dict(_SMALL_GROUP_ARGS['kernel_mlp'], **(kwargs.pop('kernel_mlp', None) or {}))
-    return dict(_SMALL_GROUP_ARGS, group=group, kernel_mlp=kernel_mlp, **kwargs)
+    defaults = dict(_SMALL_GROUP_ARGS, rotation_range=_SMALL_ROTATION_RANGE[group])
+    return dict(defaults, group=group, kernel_mlp=kernel_mlp, **kwargs)
 
 
 @register_model
