@@ -153,14 +153,11 @@ class GroupSampler:
         half_inv = (v * torch.exp(-0.5 * e).unsqueeze(-2)) @ v.mT
         return half, half_inv
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None, jitter: bool = True,
-               spd: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(g, g^-1), each (n, 2, 2) float64 on the CPU; g^-1 = R^-1 exp(-X / 2) is exact, no matrix inverse.
-
-        spd=False leaves out the positive-definite factor (rotations only, as with spd_spread = 0).
-        """
+    def sample(self, n: int, generator: Optional[torch.Generator] = None,
+               jitter: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(g, g^-1), each (n, 2, 2) float64 on the CPU; g^-1 = R^-1 exp(-X / 2) is exact, no matrix inverse."""
         rot, rot_inv = self.rotations(n, generator, jitter)
-        if self.spd_spread == 0.0 or not spd:
+        if self.spd_spread == 0.0:
             return rot, rot_inv
         half, half_inv = self.spd_halves(n, generator)
         return half @ rot, rot_inv @ half_inv
@@ -574,8 +571,8 @@ class LieGroupResNet(nn.Module):
     def resample_eval(self, seed: Optional[int] = None):
         """Redraw the fixed evaluation samples from `seed` (default: `eval_seed`); invalidates kernel caches."""
         gen = torch.Generator().manual_seed(self.eval_seed if seed is None else seed)
-        spd = self.eval_spd == 'sampled'
-        pairs = [torch.stack(self.sampler.sample(self.num_samples, gen, jitter=False, spd=spd)) for _ in range(2)]
+        draw = self.sampler.sample if self.eval_spd == 'sampled' else self.sampler.rotations
+        pairs = [torch.stack(draw(self.num_samples, gen, jitter=False)) for _ in range(2)]
         self.eval_samples.copy_(torch.stack(pairs))
 
     def set_samples(self, stem: Tuple[torch.Tensor, torch.Tensor], final: Tuple[torch.Tensor, torch.Tensor]):
