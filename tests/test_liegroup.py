@@ -329,7 +329,7 @@ def test_sample_buffers_are_independent_and_final_conv_sees_stem_samples():
 
 @pytest.mark.parametrize('name', ['liegroup_sl2_small', 'liegroup_cnn_small'])
 def test_timm_api(name):
-    model = timm.create_model(name, width=4, num_samples=2, stem_pool=False, input_pad=0).eval()
+    model = timm.create_model(name, width=4, final_width=4, num_samples=2, stem_pool=False, input_pad=0).eval()
     x = torch.randn(2, 1, 24, 24)
     with torch.no_grad():
         feats = model.forward_features(x)
@@ -344,11 +344,24 @@ def test_timm_api(name):
         assert model(x).shape == (2, 256)
         model.reset_classifier(0, '')
         assert model(x).shape == (2, 4, 6, 6)
-    fmodel = timm.create_model(name, width=4, num_samples=2, stem_pool=False, input_pad=0, features_only=True).eval()
+    fmodel = timm.create_model(name, width=4, final_width=4, num_samples=2, stem_pool=False, input_pad=0,
+                               features_only=True).eval()
     with torch.no_grad():
         maps = fmodel(x)
     assert [m.shape[1] for m in maps] == fmodel.feature_info.channels()
     assert [m.shape[-1] for m in maps] == [20, 10, 6]
+
+
+@pytest.mark.parametrize('group', ['gl2', 'none'])
+def test_final_width_sets_the_invariant_features(group):
+    model = LieGroupResNet(group=group, **dict(TINY, final_width=6)).eval()
+    x = torch.randn(2, 1, 24, 24)
+    with torch.no_grad():
+        assert model.forward_features(x).shape[1] == model.num_features == 6
+        assert model(x).shape == (2, 10)
+    assert [info['num_chs'] for info in model.feature_info] == [4, 4, 6]
+    with pytest.raises(ValueError, match='final_width'):
+        LieGroupResNet(group=group, **dict(TINY, final_width=0))
 
 
 @pytest.mark.parametrize('group', ['sl2', 'none'])
@@ -378,6 +391,7 @@ def test_small_configurations():
             assert (model.sampler.rotation, model.sampler.rotation_range) == ('stratified', expected_range)
             assert all(m.signed_angle for m in model.modules() if isinstance(m, GroupConv2d))
             assert model.eval_spd == 'identity'
+            assert model.num_features == 16 and model.stem.conv.out_chans == 8  # 16 invariant features, 8 elsewhere
             assert all(m.omegas == [1.0] * 3 for m in model.modules() if isinstance(m, KernelNet))  # folded
     # kernel_mlp options update the small defaults instead of replacing them
     model = timm.create_model('liegroup_sl2_small', kernel_mlp=dict(num_hidden=0))

@@ -470,6 +470,7 @@ class LieGroupResNet(nn.Module):
         group: 'sl2', 'gl2', or 'none' for the plain CNN baseline (ordinary learned kernels, one sample).
         num_samples: group samples N per sampled layer (the paper: 10). Compute grows as N^2.
         width: channels of every layer (the paper: 40); depth: residual stages (the paper: 1).
+        final_width: channels of the last group conv, i.e. the invariant features the head sees (default: width).
         stem_pool: 2x2 max pool after the stem (not in the paper; the small CPU configurations use it).
         input_pad, pad_value: pad the image by `input_pad` pixels of `pad_value` (an empty pixel after normalization:
             -1 for the default mean = std = 0.5) before the stem. Not in the paper. The zero padding of the inner
@@ -495,6 +496,7 @@ class LieGroupResNet(nn.Module):
             group: str = 'sl2',
             num_samples: int = 10,
             width: int = 40,
+            final_width: Optional[int] = None,
             depth: int = 1,
             kernel_size: int = 5,
             stem_pool: bool = False,
@@ -518,14 +520,16 @@ class LieGroupResNet(nn.Module):
         super().__init__()
         if group not in ('sl2', 'gl2', 'none'):
             raise ValueError(f"group must be 'sl2', 'gl2' or 'none' (plain CNN), got {group!r}")
-        if num_samples < 1 or width < 1 or depth < 1:
-            raise ValueError(f"num_samples, width and depth must be >= 1, got {num_samples}, {width}, {depth}")
+        final_width = width if final_width is None else final_width
+        if min(num_samples, width, final_width, depth) < 1:
+            raise ValueError(f"num_samples, width, final_width and depth must be >= 1, "
+                             f"got {num_samples}, {width}, {final_width}, {depth}")
         self.group = group
         self.num_samples = 1 if group == 'none' else num_samples
         self.in_chans = in_chans
         self.kernel_size = kernel_size
         self.num_classes = num_classes
-        self.num_features = width
+        self.num_features = final_width
         self.head_hidden_size = head_hidden_size
         if eval_spd not in ('sampled', 'identity'):
             raise ValueError(f"eval_spd must be 'sampled' or 'identity', got {eval_spd!r}")
@@ -552,14 +556,14 @@ class LieGroupResNet(nn.Module):
         self.stem = LiftingStem(lift(in_chans, width, k, padding=0), pool=stem_pool)
         stages = [ResidualStage(conv(width, width, k, padding=k // 2), conv(width, width, k, padding=k // 2))
                   for _ in range(depth)]
-        stages.append(ConvStage(conv(width, width, k, padding=0)))
+        stages.append(ConvStage(conv(width, final_width, k, padding=0)))
         self.stages = nn.Sequential(*stages)
-        self.head = MlpHead(width, head_hidden_size, num_classes, global_pool, drop_rate)
+        self.head = MlpHead(final_width, head_hidden_size, num_classes, global_pool, drop_rate)
 
         r = 2 if stem_pool else 1
         self.feature_info = [dict(num_chs=width, reduction=r, module='stem')]
         self.feature_info += [dict(num_chs=width, reduction=r * 2 ** (i + 1), module=f'stages.{i}') for i in range(depth)]
-        self.feature_info.append(dict(num_chs=width, reduction=r * 2 ** depth, module=f'stages.{depth}'))
+        self.feature_info.append(dict(num_chs=final_width, reduction=r * 2 ** depth, module=f'stages.{depth}'))
 
         # Fixed evaluation samples (g, g^-1) for the lifting layer and the final conv: (2, 2, N, 2, 2).
         # Not persistent: they are a function of (eval_seed, sampler, N), so checkpoints stay sampler-agnostic.
@@ -722,11 +726,11 @@ default_cfgs = generate_default_cfgs({
     'liegroup_sl2': _cfg(description='R^2 x SL(2,R) GResNet, paper configuration (width 40, 10 samples)'),
     'liegroup_gl2': _cfg(description='R^2 x GL+(2,R) GResNet, paper configuration (width 40, 10 samples)'),
     'liegroup_sl2_small': _cfg(
-        pool_size=(9, 9), description='R^2 x SL(2,R) GResNet, CPU configuration (width 8, 4 stratified samples '
-                                      'within +-45 degrees, stem pool, input padding 8)'),
+        pool_size=(9, 9), description='R^2 x SL(2,R) GResNet, CPU configuration (width 8, 16 invariant features, '
+                                      '4 stratified samples within +-45 degrees, stem pool, input padding 8)'),
     'liegroup_gl2_small': _cfg(
-        pool_size=(9, 9), description='R^2 x GL+(2,R) GResNet, CPU configuration (width 8, 4 stratified samples '
-                                      'within +-90 degrees, stem pool, input padding 8)'),
+        pool_size=(9, 9), description='R^2 x GL+(2,R) GResNet, CPU configuration (width 8, 16 invariant features, '
+                                      '4 stratified samples within +-90 degrees, stem pool, input padding 8)'),
     'liegroup_cnn': _cfg(
         first_conv='stem.conv', description='plain CNN with the GResNet layout, parameter count of liegroup_sl2'),
     'liegroup_cnn_small': _cfg(
@@ -750,9 +754,11 @@ def _create_liegroup(variant: str, pretrained: bool = False, **kwargs) -> LieGro
 # of 4 would make the model exactly invariant to quarter turns, i.e. blind to 6 vs 9, and never show it the rotations
 # in between. Also: the continuous relative-angle chart that such samples need, input padding against the frame
 # border and evaluation samples without the positive-definite factor (see `LieGroupResNet`), and kernel SIRENs with
-# omega folded into their weights (see `KernelNet`).
-_SMALL_GROUP_ARGS = dict(num_samples=4, width=8, stem_pool=True, input_pad=8, rotation_sampler='stratified',
-                         signed_angle=True, eval_spd='identity', kernel_mlp=dict(fold_omega=True))
+# omega folded into their weights (see `KernelNet`). The last conv is 16 wide: the head sees only its invariant
+# features, and 8 of them (the release's uniform width) left the models underfitting their training digits.
+_SMALL_GROUP_ARGS = dict(num_samples=4, width=8, final_width=16, stem_pool=True, input_pad=8,
+                         rotation_sampler='stratified', signed_angle=True, eval_spd='identity',
+                         kernel_mlp=dict(fold_omega=True))
 _SMALL_ROTATION_RANGE = dict(sl2=0.25, gl2=0.5)
 
 
@@ -793,5 +799,5 @@ def liegroup_cnn(pretrained=False, **kwargs) -> LieGroupResNet:
 
 @register_model
 def liegroup_cnn_small(pretrained=False, **kwargs) -> LieGroupResNet:
-    model_args = dict(group='none', width=23, stem_pool=True, input_pad=8)
+    model_args = dict(group='none', width=24, stem_pool=True, input_pad=8)
     return _create_liegroup('liegroup_cnn_small', pretrained=pretrained, **dict(model_args, **kwargs))
