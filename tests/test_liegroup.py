@@ -432,8 +432,8 @@ def test_model_configs_repeat_the_registered_defaults(config):
         sampler = model.sampler and vars(model.sampler)
         chart = [m.signed_angle for m in model.modules() if isinstance(m, GroupConv2d)]
         omegas = [m.omegas for m in model.modules() if isinstance(m, KernelNet)]
-        return (sampler, chart, omegas, model.input_pad, model.num_samples, model.eval_seed, model.eval_spd,
-                model.head.drop.p)
+        return (sampler, chart, omegas, model.input_pad, model.num_samples, model.num_features, model.eval_seed,
+                model.eval_spd, model.head.drop.p)
 
     assert settings(listed) == settings(registered)
 
