@@ -19,8 +19,8 @@ Differences from the released code (same architecture and kernel maths otherwise
   samples).
 Options the release does not have, off in the paper configurations and on in the small CPU ones: stratified rotation
 samples, the signed relative-angle chart, input padding, evaluation samples without the positive-definite factor,
-kernel SIRENs with omega folded into their weights. On the CPU, wide group convs run as Winograd convolutions
-(`kernels.conv2d_winograd`, the same function to float32 rounding).
+kernel SIRENs with omega folded into their weights, a wider last conv (`final_width`). On the CPU, wide group convs
+run as Winograd convolutions (`kernels.conv2d_winograd`, the same function to float32 rounding).
 
 The timm feature map is the group-pooled map (max over the samples), so `forward_features` is a (B, C, H, W)
 image-like map that transforms by the spatial action; the head's global max pool over it is the paper's invariant
