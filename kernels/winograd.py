@@ -7,8 +7,8 @@ multiplications per (output, input) channel pair instead of 400 (6.25x fewer), a
 The tile transforms are Kronecker-product GEMMs over all tiles at once; autograd differentiates the whole chain.
 
 Rounding: the transforms use the points 0, +-1, +-2, +-1/2 and infinity (Lavin and Gray, 2016); in float32 the
-result differs from a float64 convolution by about 1e-5 of its largest value, 3x a direct float32 convolution
-(tests/test_winograd.py). Not for half precision, where these transforms lose too many bits.
+result differs from a float64 convolution by about 1e-5 of its largest value (a few times a direct float32
+convolution). Not for half precision, where these transforms lose too many bits.
 """
 import functools
 
@@ -25,7 +25,7 @@ WINOGRAD_DTYPES = (torch.float32, torch.float64)
 
 
 @functools.lru_cache(maxsize=None)
-def _transforms(kernel_size: int):
+def winograd_transforms(kernel_size: int):
     """Float64 Kronecker transforms (A^T x A^T, G x G, B^T x B^T) of F(m x m, r x r), m = TILE.
 
     Cook-Toom construction: 1-D correlation y = A^T [(G g) * (B^T d)] with G the evaluation of the kernel polynomial,
@@ -62,7 +62,16 @@ def conv2d_winograd(x: torch.Tensor, weight: torch.Tensor, padding: int = 0) -> 
         raise ValueError(f"conv2d_winograd: needs float32/float64 input and a matching dense (C_out, "
                          f"{x.shape[1]}, r, r) weight with r in {WINOGRAD_KERNEL_SIZES}, got input "
                          f"{tuple(x.shape)} {x.dtype} and weight {tuple(weight.shape)} {weight.dtype}")
-    kron_a, kron_g, kron_b = (t.to(x.device, x.dtype) for t in _transforms(weight.shape[-1]))
+    return winograd_with_transforms(x, weight, padding, winograd_transforms(weight.shape[-1]))
+
+
+def winograd_with_transforms(x: torch.Tensor, weight: torch.Tensor, padding: int, transforms) -> torch.Tensor:
+    """The F(4x4, r x r) algorithm with the given Kronecker transforms (A^T x A^T, G x G, B^T x B^T).
+
+    With the absolute values of the transforms, x and weight, it gives the sum of the magnitudes of every term the
+    algorithm adds up: the quantity its rounding error is proportional to (tests/test_winograd.py).
+    """
+    kron_a, kron_g, kron_b = (t.to(x.device, x.dtype) for t in transforms)
     m, r = TILE, weight.shape[-1]
     alpha = m + r - 1
     batch, c_in, h, w = x.shape

@@ -415,7 +415,7 @@ def test_fold_omega_keeps_the_function_and_slows_the_phases():
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
         net(x).square().sum().backward()
         opt.step()
-        phase_steps.append((net.omegas[0] * net.layers[0](x).detach() - before).abs().mean())
+        phase_steps.append((net.omegas[0] * net.layers[0](x).detach() - before).abs().mean().item())
     assert phase_steps[1] == pytest.approx(phase_steps[0] / 10, rel=1e-3)
 
 
