@@ -10,7 +10,9 @@ only in the dropped `hydra` node. Remake the file, when a recipe is meant to cha
 
     python tests/test_configs.py --write-fixture
 
-The comparison accepts one kind of difference and checks it:
+The comparison accepts two kinds of difference and checks each:
+- `run_name`: every experiment's run is `<group>/<name>`, the experiment choice; strings of the old config that
+  contained the old run_name are compared with the new name in its place.
 - `model.kwargs` keys that are gone (they repeated the registered defaults of the model): the kwargs that remain must
   equal the old ones, and the model built with the old kwargs must be the model built with the new ones (same state
   dict, bit for bit, and the same simple attributes on every module and on the helper objects modules hold).
@@ -92,6 +94,14 @@ def load_fixture() -> dict:
 
 
 # ---- comparing two resolved configs ----
+
+def replace_strings(tree, old: str, new: str):
+    if isinstance(tree, dict):
+        return {k: replace_strings(v, old, new) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [replace_strings(v, old, new) for v in tree]
+    return tree.replace(old, new) if isinstance(tree, str) else tree
+
 
 def differences(a, b, where: str = '') -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
@@ -225,6 +235,10 @@ def test_config_resolves_as_the_fixture_says(key):
     old = FIXTURE_DATA[key]
     new = resolve(*cases()[key])
     old_cfg, new_cfg = old['config'], new['config']
+    if key.startswith('experiment=') or key == 'train':
+        expected = key.removeprefix('experiment=') if key != 'train' else 'digits/inceptionnext_atto'
+        assert new_cfg['run_name'] == expected, "run_name is <group>/<name>, the experiment choice"
+        old_cfg = replace_strings(old_cfg, old_cfg['run_name'], expected)
     if 'model' in old_cfg and old_cfg['model'].get('kwargs') != new_cfg['model'].get('kwargs'):
         old_kwargs, new_kwargs = old_cfg['model']['kwargs'], new_cfg['model']['kwargs']
         kept = {k: old_kwargs[k] for k in new_kwargs if k in old_kwargs}
@@ -247,6 +261,34 @@ def test_dropped_model_kwargs_build_the_same_model(key):
     dropped = {k: v for k, v in old['kwargs'].items() if k not in new['model']['kwargs']}
     assert_same_model(build(old['name'], {**old['kwargs'], **extra}),
                       build(new['model']['name'], {**new['model']['kwargs'], **extra}), dropped)
+
+
+def test_run_name_is_the_experiment_choice_and_can_be_overridden(tmp_path):
+    for path in (CONFIGS / 'experiment').rglob('*.yaml'):
+        assert 'run_name' not in OmegaConf.load(path), f"{path.name} sets its own run_name"
+    cfg = compose_cfg('train', ['experiment=lra/s4d_listops'], tmp_path)
+    assert cfg.run_name == 'lra/s4d_listops'
+    assert cfg.hydra.run.dir.startswith(f'{cfg.paths.root}/lra/s4d_listops/')
+    cfg = compose_cfg('train', ['experiment=lra/s4d_listops', 'run_name=mine'], tmp_path)
+    assert cfg.run_name == 'mine' and cfg.hydra.run.dir.startswith(f'{cfg.paths.root}/mine/')
+
+
+def test_last_checkpoint_is_found_under_a_run_name_with_a_group(tmp_path):
+    from zoo.train import find_last_checkpoint
+    for run, mtime in (('lra/s4d_listops/2020-01-01_00-00-00', 1), ('lra/s4d_listops/2020-01-02_00-00-00', 2),
+                       ('lra/s4d_listops_cpu/2020-01-03_00-00-00', 3)):
+        ckpt = tmp_path / run / 'checkpoints' / 'last.ckpt'
+        ckpt.parent.mkdir(parents=True)
+        ckpt.touch()
+        os.utime(ckpt, (mtime, mtime))
+    cfg = compose_cfg('train', ['experiment=lra/s4d_listops', f'paths.root={tmp_path}', 'ckpt_path=last'], tmp_path)
+    assert find_last_checkpoint(cfg) == str(tmp_path / 'lra/s4d_listops/2020-01-02_00-00-00/checkpoints/last.ckpt')
+
+
+def test_wandb_logger_is_named_after_the_run(tmp_path):
+    cfg = compose_cfg('train', ['experiment=imagenet/unireplknet_a', 'logger=wandb'], tmp_path)
+    assert cfg.logger.wandb.name == 'imagenet/unireplknet_a'
+    assert cfg.logger.wandb.save_dir == str(tmp_path / 'run')
 
 
 if __name__ == '__main__':
