@@ -419,25 +419,6 @@ def test_fold_omega_keeps_the_function_and_slows_the_phases():
     assert phase_steps[1] == pytest.approx(phase_steps[0] / 10, rel=1e-3)
 
 
-@pytest.mark.parametrize('config', sorted((Path(__file__).parents[1] / 'configs' / 'model').glob('liegroup_*.yaml')),
-                         ids=lambda p: p.stem)
-def test_model_configs_repeat_the_registered_defaults(config):
-    # The Hydra model configs list the knobs for users to change; with the listed values they must build the same
-    # model as the bare timm name (a stale copy once trained the small models on the wrong sampler).
-    from omegaconf import OmegaConf
-    cfg = OmegaConf.load(config)
-    listed, registered = timm.create_model(cfg.name, **cfg.kwargs), timm.create_model(cfg.name)
-
-    def settings(model):
-        sampler = model.sampler and vars(model.sampler)
-        chart = [m.signed_angle for m in model.modules() if isinstance(m, GroupConv2d)]
-        omegas = [m.omegas for m in model.modules() if isinstance(m, KernelNet)]
-        return (sampler, chart, omegas, model.input_pad, model.num_samples, model.num_features, model.eval_seed,
-                model.eval_spd, model.head.drop.p)
-
-    assert settings(listed) == settings(registered)
-
-
 def test_bad_input_is_named():
     model = tiny_model('sl2')
     with pytest.raises(ValueError, match=r'expected \(B, 1, H, W\)'):
