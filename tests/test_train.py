@@ -20,8 +20,9 @@ from zoo.lit import LitClassifier, split_optim_groups
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / 'configs'
+# `_<family>.yaml` files are the bases experiments build on, not experiments.
 EXPERIMENTS = sorted(str(p.relative_to(CONFIGS / 'experiment').with_suffix(''))
-                     for p in (CONFIGS / 'experiment').rglob('*.yaml'))
+                     for p in (CONFIGS / 'experiment').rglob('*.yaml') if not p.name.startswith('_'))
 # A tiny InceptionNeXt so a CPU epoch takes seconds.
 TINY_MODEL = ['+model.kwargs.depths=[1,1,1,1]', '+model.kwargs.dims=[8,16,32,64]']
 
