@@ -25,6 +25,7 @@ import os
 import random
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -297,6 +298,15 @@ def test_wandb_logger_is_named_after_the_run(tmp_path):
     cfg = compose_cfg('train', ['experiment=imagenet/unireplknet_a', 'logger=wandb'], tmp_path)
     assert cfg.logger.wandb.name == 'imagenet/unireplknet_a'
     assert cfg.logger.wandb.save_dir == str(tmp_path / 'run')
+
+
+def test_empty_model_kwargs_give_the_model_its_data_kwargs_only(tmp_path):
+    from zoo.train import resolve_model_kwargs
+    data = SimpleNamespace(num_classes=10, in_chans=1)
+    cfg = compose_cfg('train', [], tmp_path)
+    assert resolve_model_kwargs(cfg.model, data) == {'num_classes': 10, 'in_chans': 1}
+    cfg = compose_cfg('evaluate', ['model.name=inceptionnext_atto', 'model.data_kwargs=[num_classes]'], tmp_path)
+    assert resolve_model_kwargs(cfg.model, data) == {'num_classes': 10}
 
 
 if __name__ == '__main__':

@@ -35,7 +35,8 @@ def build_datamodule(data_cfg: DictConfig) -> pl.LightningDataModule:
 
 def resolve_model_kwargs(model_cfg: DictConfig, datamodule) -> dict:
     """Model kwargs from the config plus the DataModule attributes listed in `model.data_kwargs`."""
-    kwargs = OmegaConf.to_container(model_cfg.get('kwargs') or {}, resolve=True)
+    kwargs = model_cfg.get('kwargs')  # an empty DictConfig is falsy: `or {}` would hand to_container a plain dict
+    kwargs = OmegaConf.to_container(kwargs, resolve=True) if kwargs is not None else {}
     for key in model_cfg.get('data_kwargs') or ():
         value = getattr(datamodule, key, None)
         if value is None:
