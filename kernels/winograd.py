@@ -15,6 +15,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from .backend import note_call, recording
+
 __all__ = ['conv2d_winograd', 'winograd_supported', 'WINOGRAD_KERNEL_SIZES']
 
 TILE = 4  # output tile side m
@@ -62,6 +64,8 @@ def conv2d_winograd(x: torch.Tensor, weight: torch.Tensor, padding: int = 0) -> 
         raise ValueError(f"conv2d_winograd: needs float32/float64 input and a matching dense (C_out, "
                          f"{x.shape[1]}, r, r) weight with r in {WINOGRAD_KERNEL_SIZES}, got input "
                          f"{tuple(x.shape)} {x.dtype} and weight {tuple(weight.shape)} {weight.dtype}")
+    if recording():
+        note_call('winograd', x=tuple(x.shape), weight=tuple(weight.shape), padding=padding, dtype=x.dtype)
     return winograd_with_transforms(x, weight, padding, winograd_transforms(weight.shape[-1]))
 
 

@@ -13,11 +13,8 @@ import pytest
 import torch
 
 import kernels
-from kernels import dwconv2d_ref, inception_dw_ref, longconv_ref
+from kernels import dwconv2d, dwconv2d_ref, inception_dw_ref, longconv, longconv_ref
 
-needs_triton = pytest.mark.skipif(
-    not (kernels.HAS_TRITON and (kernels.INTERPRET or torch.cuda.is_available())),
-    reason='needs triton with a GPU or TRITON_INTERPRET=1')
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py
 
@@ -94,7 +91,7 @@ DW_CASES = [
 ]
 
 
-@needs_triton
+@pytest.mark.triton
 @pytest.mark.parametrize('B,C,H,W,ks,dil,pad,cl,bias', DW_CASES)
 def test_dwconv2d_triton_matches_reference(B, C, H, W, ks, dil, pad, cl, bias):
     g = torch.Generator().manual_seed(B * 100 + C * 10 + ks[0])
@@ -114,7 +111,7 @@ def test_dwconv2d_triton_matches_reference(B, C, H, W, ks, dil, pad, cl, bias):
         _assert_close(a, e, atol=1e-3 if name != 'x' else 1e-4)
 
 
-@needs_triton
+@pytest.mark.triton
 def test_dwconv2d_triton_partial_grads_and_fp16():
     """Weight-only and input-only backward paths; fp16 in, fp32 accumulation, fp16 out."""
     g = torch.Generator().manual_seed(7)
@@ -133,25 +130,27 @@ def test_dwconv2d_triton_partial_grads_and_fp16():
     _assert_close(y16, dwconv2d_ref(x.detach().half().float(), w.half().float()), atol=2e-3, rtol=2e-3)
 
 
-@needs_triton
+@pytest.mark.triton
 @pytest.mark.parametrize('B,C,H,W,k,cl', [(2, 2, 5, 70, 3, False), (2, 34, 9, 9, 3, True)])
-def test_dwconv2d_triton_gpu_tiling(monkeypatch, B, C, H, W, k, cl):
+def test_dwconv2d_triton_gpu_tiling(B, C, H, W, k, cl):
     """The GPU tile heuristics (several spatial tiles, partial channel blocks, batch-split weight grad) in the
     interpreter: only the host-side choice of tiles is switched, the kernels are the same."""
-    monkeypatch.setattr(sys.modules['kernels.dwconv2d'], 'INTERPRET', False)
+    from kernels.triton.depthwise import dwconv2d_triton
+
     g = torch.Generator().manual_seed(C)
     x = torch.randn(B, C, H, W, generator=g).to(DEVICE)
     x = (x.contiguous(memory_format=torch.channels_last) if cl else x).requires_grad_()
     w = torch.randn(C, 1, k, k, generator=g).to(DEVICE).requires_grad_()
     b = torch.randn(C, generator=g).to(DEVICE).requires_grad_()
-    y, grads = _grads(lambda *a: kernels.dwconv2d(*a, backend='triton'), (x, w, b))
+    y, grads = _grads(lambda *a: dwconv2d_triton(*a, padding=(k // 2, k // 2), dilation=(1, 1), gpu_tiles=True),
+                      (x, w, b))
     y_ref, grads_ref = _grads(lambda *a: kernels.dwconv2d(*a, backend='torch'), (x, w, b))
     _assert_close(y, y_ref, atol=1e-4)
     for a, e in zip(grads, grads_ref):
         _assert_close(a, e, atol=1e-3)
 
 
-@needs_triton
+@pytest.mark.triton
 def test_dwconv2d_triton_strided_input_and_autocast():
     """A channel slice (as the dilated Inception path passes) and autocast, which F.conv2d follows."""
     g = torch.Generator().manual_seed(9)
@@ -169,18 +168,21 @@ def test_dwconv2d_triton_strided_input_and_autocast():
     _assert_close(y, y_ref, atol=5e-2, rtol=2e-2)
 
 
-@needs_triton
+@pytest.mark.triton
 @pytest.mark.parametrize('B,C,H,W,ks,dil', [
     (2, 3, 9, 13, (3, 3), 1), (1, 2, 11, 9, (13, 13), 1), (1, 3, 9, 20, (1, 11), 2), (2, 2, 17, 7, (11, 1), 1)])
-def test_dwconv2d_tensor_core_forward(monkeypatch, B, C, H, W, ks, dil):
+def test_dwconv2d_tensor_core_forward(B, C, H, W, ks, dil):
     """fp16/bf16 NCHW through the tensor-core kernels (Toeplitz forward and input grad, band-diagonal weight grad);
     fp16 here (the interpreter cannot compute in bf16). Weights enter the dot in the input's dtype, as in cuDNN."""
-    monkeypatch.setattr(sys.modules['kernels.dwconv2d'], 'TENSOR_CORE_MIN_SIZE', 1)  # tiny planes take it too
+    from kernels.triton.depthwise import dwconv2d_triton
+
     g = torch.Generator().manual_seed(H * W)
     x = torch.randn(B, C, H, W, generator=g).to(DEVICE, torch.float16).requires_grad_()
     w = torch.randn(C, 1, *ks, generator=g).to(DEVICE, torch.float16).float().requires_grad_()
     b = torch.randn(C, generator=g).to(DEVICE).requires_grad_()
-    y, grads = _grads(lambda *a: kernels.dwconv2d(*a, dilation=dil, backend='triton'), (x, w, b))
+    padding = kernels.same_padding(ks, dil)
+    # tensor_core_min_size=1: the tiny test planes take the tensor-core kernels too
+    y, grads = _grads(lambda *a: dwconv2d_triton(*a, padding, (dil, dil), tensor_core_min_size=1), (x, w, b))
     x32 = x.detach().float().requires_grad_()
     y_ref, grads_ref = _grads(lambda *a: kernels.dwconv2d(*a, dilation=dil, backend='torch'), (x32, w, b))
     assert y.dtype == torch.float16
@@ -188,16 +190,17 @@ def test_dwconv2d_tensor_core_forward(monkeypatch, B, C, H, W, ks, dil):
         assert (a.float() - e).abs().max() <= 2e-3 * e.abs().max()
 
 
-@needs_triton
-def test_inception_dw_tensor_core_forward(monkeypatch):
-    monkeypatch.setattr(sys.modules['kernels.dwconv2d'], 'TENSOR_CORE_MIN_SIZE', 1)
+@pytest.mark.triton
+def test_inception_dw_tensor_core_forward():
+    from kernels.triton.inception_mixer import inception_dw_triton
+
     g = torch.Generator().manual_seed(12)
     x = torch.randn(2, 11, 9, 7, generator=g).to(DEVICE, torch.float16).requires_grad_()
     params = []
     for ks in ((3, 3), (1, 11), (11, 1)):
         params += [torch.randn(3, 1, *ks, generator=g).to(DEVICE, torch.float16).float().requires_grad_(),
                    torch.randn(3, generator=g).to(DEVICE).requires_grad_()]
-    y, grads = _grads(lambda *a: kernels.inception_dw(*a, backend='triton'), (x, *params))
+    y, grads = _grads(lambda *a: inception_dw_triton(*a, tensor_core_min_size=1), (x, *params))
     x32 = x.detach().float().requires_grad_()
     y_ref, grads_ref = _grads(lambda *a: kernels.inception_dw(*a, backend='torch'), (x32, *params))
     assert torch.equal(y[:, :2], x[:, :2])  # the identity split through the dot (weight 1) stays exact
@@ -214,7 +217,7 @@ INCEPTION_CASES = [
 ]
 
 
-@needs_triton
+@pytest.mark.triton
 @pytest.mark.parametrize('B,C,gc,H,W,sq,band,cl,bias', INCEPTION_CASES)
 def test_inception_dw_triton_matches_reference(B, C, gc, H, W, sq, band, cl, bias):
     g = torch.Generator().manual_seed(C * 10 + band)
@@ -246,7 +249,7 @@ LONGCONV_CASES = [
 ]
 
 
-@needs_triton
+@pytest.mark.triton
 @pytest.mark.parametrize('B,H,L,bidirectional,with_D', LONGCONV_CASES)
 def test_longconv_triton_matches_reference(B, H, L, bidirectional, with_D):
     g = torch.Generator().manual_seed(B + H + L)
@@ -261,7 +264,7 @@ def test_longconv_triton_matches_reference(B, H, L, bidirectional, with_D):
         _assert_close(a, e, atol=1e-4)
 
 
-@needs_triton
+@pytest.mark.triton
 def test_longconv_triton_partial_grads_and_half_inputs():
     g = torch.Generator().manual_seed(11)
     u = torch.randn(2, 3, 20, generator=g).to(DEVICE)
@@ -271,7 +274,7 @@ def test_longconv_triton_partial_grads_and_half_inputs():
     dk_ref, dD_ref = _grads(lambda *a: kernels.longconv(*a, backend='torch'), (u, k, D))[1]
     _assert_close(dk, dk_ref, atol=1e-4)
     _assert_close(dD, dD_ref, atol=1e-4)
-    dtypes = (torch.float16, torch.bfloat16) if DEVICE == 'cuda' or kernels.INTERPRET else (torch.float16,)
+    dtypes = (torch.float16, torch.bfloat16) if DEVICE == 'cuda' or kernels.interpret_mode() else (torch.float16,)
     for dtype in dtypes:  # bf16 only loaded/stored by the kernels, never computed in: the interpreter handles that
         y = kernels.longconv(u.to(dtype), k, D, backend='triton')
         assert y.dtype == dtype
@@ -281,13 +284,9 @@ def test_longconv_triton_partial_grads_and_half_inputs():
 # --------------------------------------------------------------------------------------------------------------
 # Dispatch and input checks
 
-def test_auto_runs_reference_on_cpu(monkeypatch):
-    def fail(*args):
-        raise AssertionError('auto picked Triton for a CPU tensor')
-
-    for name in ('dwconv2d_triton', 'inception_dw_triton', 'longconv_triton'):
-        monkeypatch.setattr(kernels, name, fail, raising=False)
+def test_auto_runs_reference_on_cpu():
     x, w = torch.randn(1, 4, 6, 6), torch.randn(4, 1, 3, 3)
+    assert not kernels.use_triton('auto', x, 'dwconv2d')
     torch.testing.assert_close(kernels.dwconv2d(x, w), dwconv2d_ref(x, w))
     gw = [torch.randn(1, 1, 3, 3), None, torch.randn(1, 1, 1, 5), None, torch.randn(1, 1, 5, 1), None]
     torch.testing.assert_close(kernels.inception_dw(x, *gw), inception_dw_ref(x, *gw))
@@ -321,14 +320,37 @@ def test_bad_backend_and_shapes():
         kernels.longconv(u, torch.randn(3, 8), torch.randn(4))
 
 
-@needs_triton
+@pytest.mark.triton
 def test_triton_backend_errors(monkeypatch):
     x, w = torch.randn(1, 2, 5, 5, dtype=torch.float64), torch.randn(2, 1, 3, 3, dtype=torch.float64)
     with pytest.raises(TypeError, match='supports'):
         kernels.dwconv2d(x.to(DEVICE), w.to(DEVICE), backend='triton')
-    monkeypatch.setattr(kernels, 'INTERPRET', False)
+    monkeypatch.setenv('TRITON_INTERPRET', '0')
     with pytest.raises(RuntimeError, match='TRITON_INTERPRET=1'):
         kernels.dwconv2d(x.float(), w.float(), backend='triton')
+
+
+def test_scripted_callers_run_the_references():
+    class Net(torch.nn.Module):
+        def forward(self, x, w, k):
+            y = dwconv2d(x, w, None, (1, 2), 1, 'auto')
+            z = kernels.inception_dw(y, w[:1], None, w[1:2, :, 1:2], None, w[2:3, :, :, 2:3], None)
+            return longconv(z.flatten(2), k, None, True)
+
+    x, w, k = torch.randn(1, 3, 5, 4), torch.randn(3, 1, 3, 5), torch.randn(2, 3, 20)
+    torch.testing.assert_close(torch.jit.script(Net())(x, w, k), Net()(x, w, k))
+
+
+def test_record_calls_describes_each_call():
+    x, w = torch.randn(1, 4, 6, 6), torch.randn(4, 1, 3, 3)
+    with kernels.record_calls() as calls:
+        dwconv2d(x, w, dilation=2, backend='torch')
+        longconv(torch.randn(2, 3, 8), torch.randn(2, 3, 8), bidirectional=True)
+    assert [op for op, _ in calls] == ['dwconv2d', 'longconv']
+    assert calls[0][1]['x'] == (1, 4, 6, 6) and calls[0][1]['dilation'] == (2, 2) and calls[0][1]['backend'] == 'torch'
+    assert calls[1][1]['u'] == (2, 3, 8) and calls[1][1]['bidirectional']
+    dwconv2d(x, w)
+    assert len(calls) == 2  # nothing is recorded outside the block
 
 
 def test_package_imports_without_triton(monkeypatch):
@@ -340,15 +362,18 @@ def test_package_imports_without_triton(monkeypatch):
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
-    assert not module.HAS_TRITON and 'kernels_without_triton.dwconv2d' not in sys.modules
+    assert not module.triton_available()
     x, w = torch.randn(1, 2, 5, 5), torch.randn(2, 1, 3, 3)
     torch.testing.assert_close(module.dwconv2d(x, w), dwconv2d_ref(x, w))
     with pytest.raises(RuntimeError, match='needs the triton package'):
         module.dwconv2d(x, w, backend='triton')
-    monkeypatch.delitem(sys.modules, 'kernels_without_triton.reference')
+    assert not [name for name in sys.modules if name.startswith('kernels_without_triton.triton')]
+    for name in [name for name in sys.modules if name.startswith('kernels_without_triton.')]:
+        monkeypatch.delitem(sys.modules, name)
 
 
 def test_functions_stay_leaves_under_fx():
+    """The zoo registers every kernel with timm's FX tracer (zoo.models.layers): traced graphs call it whole."""
     from timm.layers import get_notrace_functions
 
     class Net(torch.nn.Module):
@@ -358,12 +383,13 @@ def test_functions_stay_leaves_under_fx():
             self.k = torch.nn.Parameter(torch.randn(3, 8))
 
         def forward(self, x):
-            y = kernels.dwconv2d(x, self.weight, backend='auto').relu()
-            return kernels.longconv(y.flatten(2)[..., :8], self.k)
+            y = dwconv2d(x, self.weight, backend='auto').relu()
+            return longconv(y.flatten(2)[..., :8], self.k)
 
-    assert {kernels.dwconv2d, kernels.inception_dw, kernels.longconv} <= set(get_notrace_functions())
+    notrace = get_notrace_functions()
+    assert {kernels.dwconv2d, kernels.inception_dw, kernels.longconv, kernels.conv2d_winograd} <= set(notrace)
     net = Net()
-    gm = torch.fx.symbolic_trace(net)
+    gm = torch.fx.GraphModule(net, torch.fx.Tracer(autowrap_functions=tuple(notrace)).trace(net))
     targets = {n.target for n in gm.graph.nodes if n.op == 'call_function'}
     assert {kernels.dwconv2d, kernels.longconv} <= targets
     x = torch.randn(1, 3, 8, 8)
@@ -386,6 +412,19 @@ def test_kernel_micro_benchmark_mode(kernel, flags, capsys):
     baseline = {'dwconv2d': 'torch_nchw', 'inception_dw': 'timm_nchw', 'longconv': 'torch_fft',
                 'winograd': 'torch'}[kernel]
     assert row[f'{baseline}_fwd_ms'] > 0 and row[f'{baseline}_fwdbwd_ms'] > 0 and row[f'{baseline}_fwd_gbps'] > 0
-    if kernel == 'winograd' or (kernels.HAS_TRITON and kernels.INTERPRET):
+    if kernel == 'winograd' or (kernels.triton_available() and kernels.interpret_mode()):
         assert row['speedup_fwd'] > 0 and row['speedup_fwdbwd'] > 0
     assert json.loads(capsys.readouterr().out.strip()) == row
+
+
+def test_kernel_micro_benchmark_reads_shapes_from_a_model():
+    from zoo.bench import main
+
+    rows = main(['--kernel', 'dwconv2d', '--model', 'unireplknet_a', '--img-size', '32', '-b', '1', '--precision',
+                 'float32', '--device', 'cpu', '--num-warm-iter', '0', '--num-bench-iter', '1', '--impl', 'torch_nchw'])
+    # unireplknet_a: 3x3 convs at 8x8, the 13x13 Dilated Reparam Blocks (13x13 and five dilated branches) at 4x4,
+    # 2x2 and 1x1: one row per distinct shape, each timed.
+    shapes = {(r['channels'], r['img_size'], r['kernel_size'], r['dilation']) for r in rows}
+    assert len(shapes) == len(rows) and (40, '8x8', '3x3', 1) in shapes and (80, '4x4', '13x13', 1) in shapes
+    assert (80, '4x4', '3x3', 5) in shapes and all(r['model'] == 'unireplknet_a' and r['torch_nchw_fwd_ms'] > 0
+                                                   for r in rows)

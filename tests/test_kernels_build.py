@@ -16,9 +16,6 @@ import torch
 
 import kernels
 
-needs_triton = pytest.mark.skipif(
-    not (kernels.HAS_TRITON and (kernels.INTERPRET or torch.cuda.is_available())),
-    reason='needs triton with a GPU or TRITON_INTERPRET=1')
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
@@ -27,7 +24,7 @@ def _grads(fn, inputs):
     return y, torch.autograd.grad(y, [t for t in inputs if t.requires_grad])
 
 
-@needs_triton
+@pytest.mark.triton
 @pytest.mark.slow
 def test_triton_path_compiles_as_one_graph():
     """The kernels are custom ops with fake implementations: dynamo + AOT autograd trace them without graph breaks."""
@@ -58,8 +55,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import kernels
-dw, lc = sys.modules['kernels.dwconv2d'], sys.modules['kernels.longconv']
-assert not dw.INTERPRET
+import kernels.triton.depthwise as dw
+import kernels.triton.long_conv as lc
+assert not kernels.interpret_mode()
 cuobjdump = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', 'cuobjdump')
 
 def build(kernel, ptrs, constexprs, num_warps, arch):
@@ -76,7 +74,7 @@ report = []
 for arch in (90,):
     for dt in ('bf16', 'fp32'):
         for channels, size, cl in ((160, 28, False), (640, 7, False), (160, 28, True)):
-            block_c, tile_h, tile_w, warps = dw.pick_tiles(channels, size, size, cl)
+            block_c, tile_h, tile_w, warps = dw.pick_tiles(channels, size, size, cl, gpu_tiles=True)
             meta = dict(HAS_BIAS=True, BLOCK_C=block_c, TILE_H=tile_h, TILE_W=tile_w)
             io = {'w_ptr': '*fp32', 'b_ptr': '*fp32', 'dw_ptr': '*fp32', 'db_ptr': '*fp32', 'seg_ptr': '*i32'}
             io.update({n: '*' + dt for n in ('x_ptr', 'y_ptr', 'dy_ptr')})
@@ -100,7 +98,7 @@ print(json.dumps(report))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not kernels.HAS_TRITON, reason='needs triton')
+@pytest.mark.skipif(not kernels.triton_available(), reason='needs triton')
 def test_kernels_compile_for_cuda_without_spills():
     """Compile every kernel (GPU tile configs, bf16 and fp32) to sm_90 cubins with Triton's own ptxas: no GPU needed,
     and it catches what the interpreter cannot (typing of loop-carried values, register spills)."""

@@ -100,7 +100,7 @@ def test_grad_checkpointing_keeps_outputs(name):
         torch.testing.assert_close(model(x, lengths), expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.skipif(not kernels.INTERPRET, reason='CPU Triton needs TRITON_INTERPRET=1 (set by conftest without CUDA)')
+@pytest.mark.triton
 @pytest.mark.parametrize('name', ['s4d_lra_text', 'sgconv_lra_image'])
 def test_triton_backend_matches_torch(name):
     torch.manual_seed(0)

@@ -1,18 +1,24 @@
 """The timm model contract, checked for every image model the zoo registers (after timm's tests/test_models.py).
 
 Inputs are shrunk to at most MAX_SIZE pixels (unless a model's input size is fixed) so the suite runs on a CPU.
+The default run checks the smallest variant of each family; the others are `slow` (run by `pytest -m slow`, and by
+CI). `python tests/timm_suite.py /path/to/pytorch-image-models` runs timm's own test file on every zoo image model.
 """
 import math
 
 import pytest
 import timm
 import torch
-from timm.layers import create_feature_extractor, get_graph_node_names
+from timm.layers import create_feature_extractor, get_graph_node_names, set_scriptable
 
 import zoo.models
 
-IMAGE_MODELS = zoo.models.image_model_names()
+# The smallest variant of each family (the Lie-group CPU configurations: one per group and the CNN baseline).
+DEFAULT_RUN = ('inceptionnext_atto', 'unireplknet_a', 'liegroup_sl2_small', 'liegroup_gl2_small', 'liegroup_cnn_small')
+IMAGE_MODELS = [name if name in DEFAULT_RUN else pytest.param(name, marks=pytest.mark.slow)
+                for name in zoo.models.image_model_names()]
 MAX_SIZE = 64
+ODD_SIZE = 37  # every model's features must keep feature_info's reductions at odd sizes too
 # Models whose head pools before its MLP (timm's MetaNeXt): pooling cannot be switched off, as in timm.
 EARLY_POOL_PREFIXES = ('inceptionnext_',)
 REQUIRED_CFG_KEYS = ('num_classes', 'input_size', 'mean', 'std', 'crop_pct', 'interpolation', 'first_conv',
@@ -29,9 +35,16 @@ def input_size(name: str) -> tuple[int, int, int]:
     return chans, side, side
 
 
-def sample(name: str, batch: int = 1) -> torch.Tensor:
+def sample(name: str, batch: int = 1, side: int = None) -> torch.Tensor:
     torch.manual_seed(0)
-    return torch.randn(batch, *input_size(name))
+    chans, h, w = input_size(name)
+    return torch.randn(batch, chans, side or h, side or w)
+
+
+def assert_reductions_hold(maps, reductions, size: int):
+    for f, r in zip(maps, reductions):
+        assert f.shape[-2] <= spatial_size(size, r) + 1 and f.shape[-1] <= spatial_size(size, r) + 1, \
+            f"a map of {tuple(f.shape[-2:])} from {size}x{size} input exceeds reduction {r}"
 
 
 def spatial_size(size: int, reduction: int) -> int:
@@ -70,10 +83,15 @@ def test_cfg_forward_intermediates_checkpointing_and_fx(name):
     torch.testing.assert_close(logits, out)
     assert feats.dim() == 4 and feats.shape[1] == model.num_features
     assert pre_logits.shape == (1, model.head_hidden_size)
-    # forward_intermediates: its final output is forward_features, one intermediate per feature_info entry.
+    # forward_intermediates: its final output is forward_features, one intermediate per feature_info entry, each
+    # no larger than its reduction allows (timm's check: ceil(size / reduction) + 1).
     torch.testing.assert_close(final, feats)
     assert [t.shape[1] for t in intermediates] == [info['num_chs'] for info in model.feature_info]
     assert len(last_only) == 1
+    for size in (x.shape[-1], ODD_SIZE):
+        with torch.no_grad():
+            maps = model.forward_intermediates(sample(name, side=size), intermediates_only=True)
+        assert_reductions_hold(maps, [info['reduction'] for info in model.feature_info], size)
 
     # Gradient checkpointing changes memory, not results.
     model.set_grad_checkpointing(True)
@@ -120,16 +138,29 @@ def test_backward_then_reset_classifier(name):
 
 
 @pytest.mark.parametrize('name', IMAGE_MODELS)
-def test_features_only(name):
-    model = build(name, features_only=True).eval()
-    chans, h, w = input_size(name)
-    with torch.no_grad():
-        feats = model(sample(name))
+@pytest.mark.parametrize('feature_cls', [None, 'getter'])
+def test_features_only(name, feature_cls):
+    model = build(name, features_only=True, **({'feature_cls': feature_cls} if feature_cls else {})).eval()
     info = model.feature_info
-    # Models that pad their input (the small Lie-group CNNs) have maps of the padded size over the same strides.
-    pad = 2 * getattr(getattr(model, 'model', model), 'input_pad', 0)
-    assert len(feats) == len(info.channels()) >= 3
-    for f, c, r in zip(feats, info.channels(), info.reduction()):
-        assert f.shape[1] == c
-        assert f.shape[2] <= spatial_size(h + pad, r) + 1 and f.shape[3] <= spatial_size(w + pad, r) + 1
-        assert torch.isfinite(f).all()
+    assert len(info.channels()) >= 3
+    for size in (input_size(name)[-1], ODD_SIZE):
+        with torch.no_grad():
+            feats = model(sample(name, side=size))
+        assert len(feats) == len(info.channels())
+        assert [f.shape[1] for f in feats] == info.channels()
+        assert_reductions_hold(feats, info.reduction(), size)
+        assert all(torch.isfinite(f).all() for f in feats)
+
+
+@pytest.mark.parametrize('name', IMAGE_MODELS)
+def test_torchscript_and_fx_torchscript(name):
+    # TorchScript runs the kernels' references and, for the Lie-group models, the fixed evaluation samples.
+    with set_scriptable(True):
+        model = build(name).eval()
+    x = sample(name)
+    with torch.no_grad():
+        eager = model(x)
+        torch.testing.assert_close(torch.jit.script(model)(x), eager, rtol=1e-4, atol=1e-5)
+        _, eval_nodes = get_graph_node_names(model)
+        fx_model = torch.jit.script(create_feature_extractor(model, return_nodes=[eval_nodes[-1]]))
+        torch.testing.assert_close(next(iter(fx_model(x).values())), eager, rtol=1e-4, atol=1e-5)

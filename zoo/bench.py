@@ -1,5 +1,8 @@
 """Inference and training throughput of zoo and timm models: `python -m zoo.bench --model NAME [--model NAME ...]`.
 
+With `--kernel OP` it micro-benchmarks one op of `kernels` instead (`kernels/bench.py`), at the shapes one forward of
+the model makes (`--model`, default: the model the op serves) or at the one shape `--channels` and friends give.
+
 Flags and output keys follow timm's `benchmark.py`: each model gets `infer_samples_per_sec`, `infer_step_time` (ms),
 `infer_batch_size`, `infer_img_size`, `infer_gmacs` (per sample, from `torch.utils.flop_counter`), the same `train_*`
 keys and `param_count` (millions). One JSON object per model goes to stdout, logs to stderr.
@@ -31,8 +34,10 @@ from timm.optim import create_optimizer_v2
 from timm.utils import reparameterize_model
 from torch.utils.flop_counter import FlopCounterMode
 
-import zoo  # noqa: F401  (registers the zoo models with timm)
+import kernels
+from kernels import bench as kernel_bench
 from zoo._cli import ModelKwargsAction
+from zoo.models import sequence_model_names
 
 _logger = logging.getLogger('zoo.bench')
 
@@ -44,7 +49,12 @@ PRECISIONS = {
     'float16': (None, torch.float16),
     'bfloat16': (None, torch.bfloat16),
 }
-SEQUENCE_MODULE = 'seqnet'  # timm registry bucket of the zoo's sequence models (zoo/models/seqnet.py)
+# The model whose shapes `--kernel OP` uses when no --model is given.
+KERNEL_MODELS = {'dwconv2d': 'unireplknet_t', 'inception_dw': 'inceptionnext_tiny', 'longconv': 's4d_lra_pathx',
+                 'winograd': 'liegroup_sl2'}
+KERNEL_BATCH = {'dwconv2d': 64, 'inception_dw': 64, 'longconv': 16, 'winograd': 8}
+KERNEL_DTYPES = {'float32': torch.float32, 'amp': torch.float16, 'float16': torch.float16,
+                 'amp_bfloat16': torch.bfloat16, 'bfloat16': torch.bfloat16}
 # Column order of the results file: timm's published order first, then the rest.
 RESULT_KEYS = (
     'model', 'infer_img_size', 'infer_samples_per_sec', 'infer_step_time', 'infer_batch_size', 'param_count',
@@ -57,15 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='python -m zoo.bench', description=__doc__.split('\n')[0])
     parser.add_argument('--model', '-m', action='append', default=[], metavar='NAME',
                         help='timm / zoo model name or wildcard; repeat for several models')
-    parser.add_argument('--bench', default='both', choices=('inference', 'train', 'both'))
-    parser.add_argument('--batch-size', '-b', type=int, default=256, metavar='N')
+    parser.add_argument('--bench', default='both', choices=('inference', 'train', 'both'),
+                        help='with --kernel: inference times the forward, train the forward + backward')
+    parser.add_argument('--batch-size', '-b', type=int, default=None, metavar='N',
+                        help='default 256; with --kernel: 64 (dwconv2d, inception_dw), 16 (longconv), 8 (winograd)')
     parser.add_argument('--img-size', type=int, default=None, metavar='N', help='square input size (model default)')
     parser.add_argument('--seq-len', type=int, default=None, metavar='L',
                         help='sequence length for token models (model default); also passed as the `seq_len` '
                              'model kwarg when the model accepts one')
     parser.add_argument('--use-train-size', action='store_true', help="use cfg input_size, not test_input_size")
     parser.add_argument('--num-classes', type=int, default=None, help='classifier size (model default)')
-    parser.add_argument('--precision', default='float32', choices=tuple(PRECISIONS))
+    parser.add_argument('--precision', default=None, choices=tuple(PRECISIONS),
+                        help='default float32; with --kernel the dtype of the inputs, default bfloat16 (float32 for '
+                             'winograd)')
     parser.add_argument('--channels-last', action='store_true', help='channels_last memory format for 4-D inputs')
     parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND',
                         help='torch.compile the model (default backend inductor)')
@@ -83,6 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--results-file', default='', metavar='FILE', help='also write all results to FILE')
     parser.add_argument('--results-format', default='csv', choices=('csv', 'json'))
     parser.add_argument('--plot', default='', metavar='FILE.png', help='scatter of throughput vs parameters')
+    kernel = parser.add_argument_group('kernel micro-benchmark')
+    kernel.add_argument('--kernel', default=None, choices=tuple(kernel_bench.OPS),
+                        help='time this op of `kernels` at the shapes of --model (default: ' +
+                             ', '.join(f'{op}: {m}' for op, m in KERNEL_MODELS.items()) + ')')
+    kernel.add_argument('--channels', type=int, default=None, metavar='C',
+                        help='one shape instead of a model\'s: C channels (with --img-size / --seq-len)')
+    kernel.add_argument('--kernel-size', type=int, default=None, metavar='K',
+                        help='with --channels: dwconv2d K x K (default 13), inception_dw square kernel (default 3), '
+                             'winograd 3 or 5 (default 5)')
+    kernel.add_argument('--band-kernel-size', type=int, default=11, metavar='K', help='inception_dw band length')
+    kernel.add_argument('--branch-ratio', type=float, default=0.125, help='inception_dw channels per branch / C')
+    kernel.add_argument('--dilation', type=int, default=1, help='dwconv2d dilation')
+    kernel.add_argument('--bidirectional', action='store_true', help='longconv with a two-sided kernel')
+    kernel.add_argument('--no-skip', action='store_true', help='longconv without the D skip term')
+    kernel.add_argument('--no-tensor-cores', action='store_true',
+                        help='dwconv2d / inception_dw: direct kernels only (no tl.dot kernels for fp16/bf16 NCHW)')
+    kernel.add_argument('--impl', action='append', default=None, metavar='NAME',
+                        help='only these implementations (repeatable; see the keys of the output)')
     return parser
 
 
@@ -126,7 +158,7 @@ def create_bench_model(name: str, args) -> nn.Module:
 
 
 def _is_sequence_model(name: str) -> bool:
-    return name in timm.list_models(module=SEQUENCE_MODULE)
+    return name in sequence_model_names()
 
 
 def _requested_seq_len(name: str, args) -> Optional[int]:
@@ -373,23 +405,80 @@ def plot_results(path: str, results: List[Dict], title: str = ''):
     plt.close(fig)
 
 
+def explicit_kernel_call(args) -> dict:
+    """The one call that --channels (with --img-size / --seq-len / --kernel-size ...) describes, batch left out."""
+    C, op = args.channels, args.kernel
+    if op == 'longconv':
+        return dict(u=(1, C, args.seq_len or 1024), bidirectional=args.bidirectional, skip=not args.no_skip)
+    side = args.img_size or 56
+    if op == 'dwconv2d':
+        k = args.kernel_size or 13
+        return dict(x=(1, C, side, side), weight=(C, 1, k, k), padding=kernels.same_padding((k, k), args.dilation),
+                    dilation=(args.dilation, args.dilation))
+    if op == 'inception_dw':
+        k, band = args.kernel_size or 3, args.band_kernel_size
+        return dict(x=(1, C, side, side), kernel_sizes=((k, k), (1, band), (band, 1)),
+                    branch_channels=int(C * args.branch_ratio))
+    k = args.kernel_size or 5
+    return dict(x=(1, C, side, side), weight=(C, C, k, k), padding=k // 2)
+
+
+def model_kernel_calls(name: str, args) -> List[dict]:
+    """The distinct calls of `args.kernel` one forward of model `name` makes (on the CPU, batch 1, float32)."""
+    model = create_bench_model(name, args).eval()
+    x = BenchInput(model, name, args).make(1, 'cpu', torch.float32, channels_last=False)
+    with torch.no_grad(), kernels.record_calls() as calls:
+        model(x)
+    distinct = {}
+    for op, info in calls:
+        if op == args.kernel:
+            distinct.setdefault(repr(sorted((k, v) for k, v in info.items() if k not in ('dtype', 'backend'))), info)
+    if not distinct:
+        raise SystemExit(f"zoo.bench: {name} makes no {args.kernel} call at this size (on the CPU)")
+    return list(distinct.values())
+
+
+def run_kernel_benchmarks(args) -> List[Dict]:
+    device = torch.device(args.device)
+    dtype = KERNEL_DTYPES[args.precision or ('float32' if args.kernel == 'winograd' else 'bfloat16')]
+    batch = args.batch_size or KERNEL_BATCH[args.kernel]
+    torch.backends.cudnn.benchmark = True  # the best cuDNN algorithm for the PyTorch baselines
+    if args.channels:
+        sources = [('', [explicit_kernel_call(args)])]
+    else:
+        sources = [(name, model_kernel_calls(name, args))
+                   for name in resolve_model_names(args.model or [KERNEL_MODELS[args.kernel]])]
+    phase = {'inference': 'forward', 'train': 'train', 'both': 'both'}[args.bench]
+    rows = []
+    for name, calls in sources:
+        for call in calls:
+            case = kernel_bench.make_case(args.kernel, call, batch, device, dtype, not args.no_tensor_cores)
+            row = kernel_bench.run_case(args.kernel, case, device, dtype, phase, args.num_warm_iter,
+                                        args.num_bench_iter, args.impl, kernel_bench.peak_gbps(device))
+            row = {'model': name, **row} if name else row
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
 def main(argv: Optional[List[str]] = None) -> List[Dict]:
-    raw_argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a == '--kernel' or a.startswith('--kernel=') for a in raw_argv):
-        from kernels.bench import main as kernel_bench  # kernel micro-benchmark mode, its own flags (kernels/bench.py)
-        return kernel_bench(raw_argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s', stream=sys.stderr)
-    if not args.model:
-        raise SystemExit("zoo.bench: give at least one --model NAME")
-    results = run_benchmarks(resolve_model_names(args.model), args)
+    if args.kernel:
+        results = run_kernel_benchmarks(args)
+    else:
+        if not args.model:
+            raise SystemExit("zoo.bench: give at least one --model NAME (or --kernel OP)")
+        args.batch_size = args.batch_size or 256
+        args.precision = args.precision or 'float32'
+        results = run_benchmarks(resolve_model_names(args.model), args)
+        if args.plot:
+            plot_results(args.plot, results, title=f"{args.precision} on {args.device}")
     if args.results_file:
         write_results(args.results_file, results, args.results_format)
-    if args.plot:
-        plot_results(args.plot, results, title=f"{args.precision} on {args.device}")
     return results
 
 
 if __name__ == '__main__':
     results = main()
-    sys.exit(1 if any('error' in r for r in results) else 0)
+    sys.exit(1 if any('error' in r or any(k.endswith('_error') for k in r) for r in results) else 0)

@@ -17,11 +17,8 @@ from timm.layers import get_padding
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.inception_next import MetaNeXt
 
-import kernels
+from kernels import check_backend, dwconv2d, inception_dw
 from .layers import check_image_input
-
-# The input checks are Python control flow on shapes: FX records them as one opaque call instead of tracing them.
-torch.fx.wrap('check_image_input')
 
 __all__ = ['InceptionMixer', 'InceptionNeXt']
 
@@ -50,29 +47,31 @@ class InceptionMixer(nn.Module):
             raise ValueError(f"InceptionMixer: dim={dim} with branch_ratio={branch_ratio} leaves no channel to convolve")
         square_pad = get_padding(square_kernel_size, dilation=dilation)
         band_pad = get_padding(band_kernel_size, dilation=dilation)
-        # nn.Conv2d modules only hold the parameters (names match the official checkpoints); forward calls kernels.*.
+        # nn.Conv2d modules only hold the parameters (names match the official checkpoints); forward calls the kernels.
         self.dwconv_hw = nn.Conv2d(gc, gc, square_kernel_size, padding=square_pad, dilation=dilation, groups=gc, **dd)
         self.dwconv_w = nn.Conv2d(
             gc, gc, (1, band_kernel_size), padding=(0, band_pad), dilation=(1, dilation), groups=gc, **dd)
         self.dwconv_h = nn.Conv2d(
             gc, gc, (band_kernel_size, 1), padding=(band_pad, 0), dilation=(dilation, 1), groups=gc, **dd)
-        self.split_sizes = (dim - 3 * gc, gc, gc, gc)
+        self.split_sizes = [dim - 3 * gc, gc, gc, gc]
         self.dilation = dilation
         self.kernel_backend = kernel_backend
 
     def forward(self, x):
-        convs = (self.dwconv_hw, self.dwconv_w, self.dwconv_h)
         if self.dilation == 1:
             # One fused pass over all four splits; the output is written without split/cat copies.
-            params = [p for conv in convs for p in (conv.weight, conv.bias)]
-            return kernels.inception_dw(x, *params, backend=self.kernel_backend)
+            return inception_dw(
+                x, self.dwconv_hw.weight, self.dwconv_hw.bias, self.dwconv_w.weight, self.dwconv_w.bias,
+                self.dwconv_h.weight, self.dwconv_h.bias, backend=self.kernel_backend)
         # Dilated mixers only occur with output_stride < 32 (dense prediction); run the branches one by one.
-        x_id, *x_branches = x.split(self.split_sizes, dim=1)
-        out = [x_id] + [
-            kernels.dwconv2d(xb, conv.weight, conv.bias, dilation=self.dilation, backend=self.kernel_backend)
-            for xb, conv in zip(x_branches, convs)
-        ]
-        return torch.cat(out, dim=1)
+        x_id, x_hw, x_w, x_h = x.split(self.split_sizes, dim=1)
+        return torch.cat((
+            x_id,
+            dwconv2d(x_hw, self.dwconv_hw.weight, self.dwconv_hw.bias, dilation=self.dilation,
+                     backend=self.kernel_backend),
+            dwconv2d(x_w, self.dwconv_w.weight, self.dwconv_w.bias, dilation=self.dilation, backend=self.kernel_backend),
+            dwconv2d(x_h, self.dwconv_h.weight, self.dwconv_h.bias, dilation=self.dilation, backend=self.kernel_backend),
+        ), dim=1)
 
 
 class InceptionNeXt(MetaNeXt):
@@ -92,8 +91,7 @@ class InceptionNeXt(MetaNeXt):
             kernel_backend: str = 'auto',
             **kwargs,
     ):
-        if kernel_backend not in kernels.BACKENDS:
-            raise ValueError(f"kernel_backend must be one of {kernels.BACKENDS}, got {kernel_backend!r}")
+        check_backend(kernel_backend)
         mixer = partial(
             InceptionMixer,
             square_kernel_size=square_kernel_size,
@@ -107,11 +105,17 @@ class InceptionNeXt(MetaNeXt):
         self.min_input_size = self.feature_info[-1]['reduction']
 
     def forward_features(self, x):
-        check_image_input(x, self.in_chans, self.min_input_size, type(self).__name__)
-        return super().forward_features(x)
+        if not torch.jit.is_scripting():
+            check_image_input(x, self.in_chans, self.min_input_size, 'InceptionNeXt')
+        # MetaNeXt's own body: TorchScript cannot compile super() calls.
+        return self.stages(self.stem(x))
+
+    def forward(self, x):
+        # Defined here so that FX tracing patches the input check in this module's globals.
+        return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(self, x, *args, **kwargs):
-        check_image_input(x, self.in_chans, self.min_input_size, type(self).__name__)
+        check_image_input(x, self.in_chans, self.min_input_size, 'InceptionNeXt')
         return super().forward_intermediates(x, *args, **kwargs)
 
 

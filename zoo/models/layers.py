@@ -1,10 +1,19 @@
-"""Building blocks shared by more than one zoo family."""
+"""Building blocks shared by more than one zoo family, and the zoo's registrations with timm's FX tracer.
+
+Input checks and kernel calls are leaf calls under timm's tracing (`register_notrace_function`): a traced graph
+records them whole, so their Python control flow on shapes never meets an FX proxy. Models call them by their
+global names (FX patches module globals) and skip the checks under TorchScript, which runs the kernels' references.
+"""
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_function
 
-import kernels
+from kernels import conv2d_winograd, dwconv2d, inception_dw, longconv
 
 __all__ = ['LongConvLayer', 'check_image_input']
+
+for _kernel in (dwconv2d, inception_dw, longconv, conv2d_winograd):
+    register_notrace_function(_kernel)
 
 
 class LongConvLayer(nn.Module):
@@ -62,17 +71,18 @@ class LongConvLayer(nn.Module):
             # Every channel convolves its own copy of the input: fold C into the feature axis, (c h) order.
             u = u.repeat(1, self.channels, 1)
         k = k.reshape(2, self.channels * H, L) if self.bidirectional else k.reshape(self.channels * H, L)
-        y = kernels.longconv(u, k, self.D.reshape(-1), bidirectional=self.bidirectional, backend=self.kernel_backend)
+        y = longconv(u, k, self.D.reshape(-1), bidirectional=self.bidirectional, backend=self.kernel_backend)
         y = self.output_linear(self.dropout(self.activation(y)))
         return y if self.transposed else y.transpose(-1, -2)
 
 
-def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, model: str) -> None:
-    """Raise a clear error for a wrong channel count or an image too small for the model's downsampling."""
+@register_notrace_function
+def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, model: str, why: str = '') -> None:
+    """Raise a clear error for a batch that is not (B, in_chans, H, W) or smaller than `min_size` (`why` says why)."""
     if x.dim() != 4:
-        raise ValueError(f"{model}: expected an image batch (B, C, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(f"{model}: expected an image batch (B, {in_chans}, H, W), got shape {tuple(x.shape)}")
     if x.shape[1] != in_chans:
         raise ValueError(f"{model}: expected {in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
     if x.shape[-2] < min_size or x.shape[-1] < min_size:
-        raise ValueError(
-            f"{model}: input {x.shape[-2]}x{x.shape[-1]} is smaller than the minimum {min_size}x{min_size}")
+        raise ValueError(f"{model}: input {x.shape[-2]}x{x.shape[-1]} is smaller than the minimum "
+                         f"{min_size}x{min_size}{' ' + why if why else ''}")

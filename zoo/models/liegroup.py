@@ -36,11 +36,12 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from timm.models import (
-    build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_function, register_notrace_module,
+    build_model_with_cfg, generate_default_cfgs, register_model, register_notrace_module,
 )
 from timm.models._features import feature_take_indices
 
 from kernels import WINOGRAD_KERNEL_SIZES, conv2d_winograd, winograd_supported
+from .layers import check_image_input
 
 __all__ = ['GroupSampler', 'LiftingConv2d', 'GroupConv2d', 'LieGroupResNet', 'polar_coordinates']
 
@@ -85,9 +86,9 @@ def polar_coordinates(h: torch.Tensor, group: str, signed_angle: bool = False) -
         angle = torch.remainder(angle, 2 * math.pi)
     sqrt2 = math.sqrt(2.0)
     if group == 'sl2':
-        coords = (sqrt2 * log_p[..., 0, 1], angle, sqrt2 * log_p[..., 0, 0])
+        coords = [sqrt2 * log_p[..., 0, 1], angle, sqrt2 * log_p[..., 0, 0]]
     else:
-        coords = (log_p[..., 0, 0], sqrt2 * log_p[..., 0, 1], log_p[..., 1, 1], angle)
+        coords = [log_p[..., 0, 0], sqrt2 * log_p[..., 0, 1], log_p[..., 1, 1], angle]
     return torch.stack(coords, -1).to(h.dtype)
 
 
@@ -205,8 +206,8 @@ class KernelNet(nn.Module):
         self.omegas = [1.0] * len(omegas) if fold_omega else omegas
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer, omega in zip(self.layers, self.omegas):
-            x = torch.sin(omega * layer(x))
+        for i, layer in enumerate(self.layers):
+            x = torch.sin(self.omegas[i] * layer(x))
         return self.fc(x)
 
 
@@ -239,15 +240,16 @@ class _SampledConv(nn.Module):
         """Mask over the last axis of `points` (..., D): hard |x| <= 1 on the spatial part for SL(2),
         sigmoid(2 (1 - |p|)) on the full coordinate vector for GL+(2) (as the release does)."""
         if self.volume_preserving:
-            return (points[..., :2].norm(dim=-1) <= 1.0).to(points.dtype)
-        return torch.sigmoid(2.0 * (1.0 - points.norm(dim=-1)))
+            return (torch.linalg.vector_norm(points[..., :2], dim=-1) <= 1.0).to(points.dtype)
+        return torch.sigmoid(2.0 * (1.0 - torch.linalg.vector_norm(points, dim=-1)))
 
+    @torch.jit.unused
     def cached_weight(self, *samples: torch.Tensor) -> torch.Tensor:
         """The dense conv weight for these samples, reused while neither the weights nor the samples change.
 
         Only in eval mode without autograd (a cached tensor cannot carry a graph); the key holds the storage
         pointers and in-place version counters of every parameter and sample, so optimizer steps,
-        load_state_dict, .to() and a resample all invalidate it.
+        load_state_dict, .to() and a resample all invalidate it. TorchScript generates the weight at every call.
         """
         if self.training or torch.is_grad_enabled():
             return self.weight(*samples)
@@ -280,10 +282,14 @@ class LiftingConv2d(_SampledConv):
         w = w.view(n, k, k, self.out_chans, self.in_chans).permute(3, 0, 4, 1, 2)
         return w.reshape(self.out_chans * n, self.in_chans, k, k)
 
-    def forward(self, x: torch.Tensor, g_out_inv: torch.Tensor) -> torch.Tensor:
-        w = self.cached_weight(g_out_inv).to(x.dtype)
-        y = F.conv2d(x, w, padding=self.padding)
-        return y.view(y.shape[0], self.out_chans, g_out_inv.shape[0], *y.shape[-2:])
+    def forward(self, x: torch.Tensor, g_out_inv: Optional[torch.Tensor]) -> torch.Tensor:
+        assert g_out_inv is not None, 'LiftingConv2d needs the output samples'
+        if torch.jit.is_scripting():
+            w = self.weight(g_out_inv)
+        else:
+            w = self.cached_weight(g_out_inv)
+        y = F.conv2d(x, w.to(x.dtype), padding=self.padding)
+        return y.view(y.shape[0], self.out_chans, g_out_inv.shape[0], y.shape[-2], y.shape[-1])
 
 
 @register_notrace_module
@@ -321,18 +327,28 @@ class GroupConv2d(_SampledConv):
         w = w.view(n_out, n_in, k, k, self.out_chans, self.in_chans).permute(4, 0, 5, 1, 2, 3)
         return w.reshape(self.out_chans * n_out, self.in_chans * n_in, k, k)
 
-    def forward(self, x: torch.Tensor, g_in: torch.Tensor, g_out_inv: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 5 or x.shape[1] != self.in_chans or x.shape[2] != g_in.shape[0]:
-            raise ValueError(f"GroupConv2d expects (B, {self.in_chans}, {g_in.shape[0]}, H, W) input "
-                             f"(channels, input samples), got {tuple(x.shape)}")
-        w = self.cached_weight(g_in, g_out_inv).to(x.dtype)
+    def forward(self, x: torch.Tensor, g_in: Optional[torch.Tensor], g_out_inv: Optional[torch.Tensor]) -> torch.Tensor:
+        assert g_in is not None and g_out_inv is not None, 'GroupConv2d needs the input and output samples'
+        if torch.jit.is_scripting():
+            w = self.weight(g_in, g_out_inv)
+        else:
+            self._check_input(x, g_in)
+            w = self.cached_weight(g_in, g_out_inv)
+        w = w.to(x.dtype)
         x = x.flatten(1, 2)
-        if self.use_winograd(x, w):
+        if not torch.jit.is_scripting() and self.use_winograd(x, w):
             y = conv2d_winograd(x, w, self.padding)
         else:
             y = F.conv2d(x, w, padding=self.padding)
-        return y.view(y.shape[0], self.out_chans, g_out_inv.shape[0], *y.shape[-2:])
+        return y.view(y.shape[0], self.out_chans, g_out_inv.shape[0], y.shape[-2], y.shape[-1])
 
+    @torch.jit.unused
+    def _check_input(self, x: torch.Tensor, g_in: torch.Tensor):
+        if x.dim() != 5 or x.shape[1] != self.in_chans or x.shape[2] != g_in.shape[0]:
+            raise ValueError(f"GroupConv2d expects (B, {self.in_chans}, {g_in.shape[0]}, H, W) input "
+                             f"(channels, input samples), got {tuple(x.shape)}")
+
+    @torch.jit.unused
     def use_winograd(self, x: torch.Tensor, w: torch.Tensor) -> bool:
         """Whether the packed input x (B, C_in * N_in, H, W) and weight w run through `conv2d_winograd`."""
         if self.conv_backend == 'direct':
@@ -351,8 +367,12 @@ class GroupConv2d(_SampledConv):
 class PlainConv2d(nn.Conv2d):
     """Ordinary learned conv on a single-sample group axis: the layer of the plain CNN baseline."""
 
-    def forward(self, x: torch.Tensor, *samples: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.flatten(1, 2) if x.dim() == 5 else x).unsqueeze(2)
+    def forward(self, x: torch.Tensor, g_in: Optional[torch.Tensor] = None,
+                g_out_inv: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, C, H, W) or (B, C, 1, H, W) -> (B, C_out, 1, H', W'); the sample arguments are ignored."""
+        if x.dim() == 5:
+            x = x.flatten(1, 2)
+        return self._conv_forward(x, self.weight, self.bias).unsqueeze(2)
 
 
 def layer_norm_3d(x: torch.Tensor) -> torch.Tensor:
@@ -445,19 +465,6 @@ class MlpHead(nn.Module):
 # Model
 # ---------------------------------------------------------------------------------------------------------------
 
-@register_notrace_function
-def check_images(x: torch.Tensor, in_chans: int, kernel_size: int, depth: int, stem_pool: bool, input_pad: int = 0):
-    """Name the problem with a bad input batch (public name: FX only wraps functions without a leading _)."""
-    k = kernel_size
-    # Smallest size that leaves >= 1 pixel after the input padding, the stem conv, the pools and the last conv.
-    min_size = max(1, k * 2 ** (depth + stem_pool) + k - 1 - 2 * input_pad)
-    if x.dim() != 4 or x.shape[1] != in_chans:
-        raise ValueError(f"expected (B, {in_chans}, H, W) images, got {tuple(x.shape)}")
-    if min(x.shape[-2:]) < min_size:
-        raise ValueError(f"images must be at least {min_size}x{min_size} for kernel {k}, "
-                         f"{depth} pooling stage(s) and stem_pool={stem_pool}, got {tuple(x.shape[-2:])}")
-
-
 class LieGroupResNet(nn.Module):
     """The paper's residual group CNN (GResNet) for SL(2,R) / GL+(2,R), or its plain-CNN counterpart.
 
@@ -541,6 +548,10 @@ class LieGroupResNet(nn.Module):
             raise ValueError(f"input_pad must be >= 0, got {input_pad}")
         self.input_pad, self.pad_value = input_pad, pad_value
         self.grad_checkpointing = False
+        # Smallest input that leaves >= 1 pixel after the padding, the stem conv, the pools and the last conv.
+        self.min_input_size = max(1, kernel_size * 2 ** (depth + stem_pool) + kernel_size - 1 - 2 * input_pad)
+        self.min_size_reason = (f"(kernel {kernel_size}, {depth} pooling stage(s), stem_pool={stem_pool}, "
+                                f"input_pad={input_pad})")
 
         if group == 'none':
             self.sampler = None
@@ -557,13 +568,22 @@ class LieGroupResNet(nn.Module):
         stages = [ResidualStage(conv(width, width, k, padding=k // 2), conv(width, width, k, padding=k // 2))
                   for _ in range(depth)]
         stages.append(ConvStage(conv(width, final_width, k, padding=0)))
-        self.stages = nn.Sequential(*stages)
+        self.stages = nn.ModuleList(stages)
         self.head = MlpHead(final_width, head_hidden_size, num_classes, global_pool, drop_rate)
 
         r = 2 if stem_pool else 1
         self.feature_info = [dict(num_chs=width, reduction=r, module='stem')]
         self.feature_info += [dict(num_chs=width, reduction=r * 2 ** (i + 1), module=f'stages.{i}') for i in range(depth)]
         self.feature_info.append(dict(num_chs=final_width, reduction=r * 2 ** depth, module=f'stages.{depth}'))
+        # (offset, stride) of each feature level on the image: position j is centred on offset + stride * j.
+        offset = float(k // 2 - input_pad)  # the unpadded stem conv
+        grid = [(offset + 0.5, 2) if stem_pool else (offset, 1)]
+        for _ in range(depth):  # 'same' convs, then a 2x2 pool
+            offset, stride = grid[-1]
+            grid.append((offset + stride / 2, 2 * stride))
+        offset, stride = grid[-1]
+        grid.append((offset + stride * (k // 2), stride))  # the unpadded last conv
+        self._feature_grid = grid
 
         # Fixed evaluation samples (g, g^-1) for the lifting layer and the final conv: (2, 2, N, 2, 2).
         # Not persistent: they are a function of (eval_seed, sampler, N), so checkpoints stay sampler-agnostic.
@@ -584,16 +604,25 @@ class LieGroupResNet(nn.Module):
         with torch.no_grad():
             self.eval_samples.copy_(torch.stack([torch.stack(stem), torch.stack(final)]))
 
-    def samples(self, ref: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
-        """(g_stem, g_stem^-1, g_final, g_final^-1): fresh in training (global RNG), fixed in eval."""
-        if self.sampler is None:
+    def samples(self, ref: torch.Tensor) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor],
+                                                  Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(g_stem, g_stem^-1, g_final, g_final^-1): fresh in training (global RNG), fixed in eval.
+
+        A TorchScript model always uses the fixed evaluation samples (the sampler is Python code).
+        """
+        if self.group == 'none':
             return None, None, None, None
-        if self.training or self.eval_resample:
-            pairs = [self.sampler.sample(self.num_samples) for _ in range(2)]
-            s = torch.stack([torch.stack(p) for p in pairs]).to(ref.device, ref.dtype)
+        if (self.training or self.eval_resample) and not torch.jit.is_scripting():
+            s = self._draw_samples().to(ref.device, ref.dtype)
         else:
             s = self.eval_samples.to(ref.dtype)  # no copy when the dtype already matches
         return s[0, 0], s[0, 1], s[1, 0], s[1, 1]
+
+    @torch.jit.unused
+    def _draw_samples(self) -> torch.Tensor:
+        """Two fresh (g, g^-1) pairs from the sampler: (2, 2, N, 2, 2), float64."""
+        pairs = [self.sampler.sample(self.num_samples) for _ in range(2)]
+        return torch.stack([torch.stack(p) for p in pairs])
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False):
@@ -615,31 +644,34 @@ class LieGroupResNet(nn.Module):
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool)
 
-    def _run_stage(self, stage: nn.Module, *args):
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(stage, *args, use_reentrant=False)
-        return stage(*args)
-
-    def _forward_group(self, x: torch.Tensor, stop: Optional[int] = None, collect: Optional[List[int]] = None):
-        """Run stem and stages; returns the (B, C, N, H, W) map after stage `stop` and the requested pooled maps."""
-        check_images(x, self.in_chans, self.kernel_size, self.depth, self.stem_pool, self.input_pad)
+    def _forward_group(self, x: torch.Tensor, stop: int, collect: List[int]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Stem, then the first `stop` stages: the (B, C, N, H, W) map where it stopped, and the group-pooled maps
+        (B, C, H, W) after the stem (0) and after stage i - 1 (i) for every i in `collect`."""
+        if not torch.jit.is_scripting():
+            check_image_input(x, self.in_chans, self.min_input_size, 'LieGroupResNet', self.min_size_reason)
         if self.input_pad:
-            x = F.pad(x, (self.input_pad,) * 4, value=self.pad_value)
-        g, g_inv, g_final, g_final_inv = self.samples(x)
-        pooled = []
-        x = self._run_stage(self.stem, x, g_inv)
-        if collect is not None and 0 in collect:
+            x = F.pad(x, [self.input_pad] * 4, value=self.pad_value)
+        g, g_inv, _, g_final_inv = self.samples(x)
+        pooled: List[torch.Tensor] = []
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint(self.stem, x, g_inv, use_reentrant=False)
+        else:
+            x = self.stem(x, g_inv)
+        if 0 in collect:
             pooled.append(x.amax(2))
-        last = len(self.stages) if stop is None else stop
-        for i, stage in enumerate(self.stages[:last]):
-            out_inv = g_final_inv if isinstance(stage, ConvStage) else g_inv
-            x = self._run_stage(stage, x, g, out_inv)
-            if collect is not None and i + 1 in collect:
-                pooled.append(x.amax(2))
+        for i, stage in enumerate(self.stages):
+            if i < stop:
+                out_inv = g_final_inv if i == self.depth else g_inv  # the last conv maps to fresh samples
+                if self.grad_checkpointing and not torch.jit.is_scripting():
+                    x = checkpoint(stage, x, g, out_inv, use_reentrant=False)
+                else:
+                    x = stage(x, g, out_inv)
+                if i + 1 in collect:
+                    pooled.append(x.amax(2))
         return x, pooled
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x, _ = self._forward_group(x)
+        x, _ = self._forward_group(x, len(self.stages), [])
         return x.amax(2)  # group pooling: (B, C, N, H, W) -> (B, C, H, W)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -661,11 +693,28 @@ class LieGroupResNet(nn.Module):
         if output_fmt != 'NCHW':
             raise ValueError(f"only output_fmt='NCHW' is supported, got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
-        stop = max_index if (stop_early or intermediates_only) else None
-        x, intermediates = self._forward_group(x, stop=stop, collect=take_indices)
+        stop = max_index if (stop_early or intermediates_only) else len(self.stages)
+        size = x.shape[-2:]
+        x, pooled = self._forward_group(x, stop, take_indices)
+        intermediates = [self._crop_to_image(f, i, size) for f, i in zip(pooled, sorted(take_indices))]
         if intermediates_only:
             return intermediates
         return x.amax(2), intermediates
+
+    def _crop_to_image(self, x: torch.Tensor, level: int, size) -> torch.Tensor:
+        """The positions of feature level `level` whose receptive field is centred on the (unpadded) image.
+
+        Input padding and the unpadded stem conv shift the maps against the image: position j of a level with
+        stride r (its `reduction`) is centred on image coordinate `offset + r * j`. Keeping the positions centred on
+        [-1/2, size - 1/2] leaves at most ceil(size / r) + 1 of them, as `feature_info` promises.
+        """
+        offset, stride = self._feature_grid[level]
+        for dim, n in ((2, size[0]), (3, size[1])):
+            first = max(0, math.ceil((-0.5 - offset) / stride))
+            last = min(x.shape[dim], math.floor((n - 0.5 - offset) / stride) + 1)
+            if last > first:
+                x = x.narrow(dim, first, last - first)
+        return x
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True):

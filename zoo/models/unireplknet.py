@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, SelectAdaptivePool2d, trunc_normal_
 from timm.models import (
-    build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model, register_notrace_module)
+    build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model)
 from timm.models._features import feature_take_indices
 
-import kernels
+from kernels import check_backend, dwconv2d
+from .layers import check_image_input
 
 __all__ = ['UniRepLKNet', 'UniRepLKNetBlock', 'DilatedReparamBlock']
 
@@ -80,7 +81,6 @@ def _dilate_kernel(weight: torch.Tensor, dilation: int) -> torch.Tensor:
     return dense
 
 
-@register_notrace_module  # an FX leaf: traced graphs keep the module, so they stay scriptable
 class DepthwiseConv2d(nn.Module):
     """Stride-1 'same' depthwise conv computed by `kernels.dwconv2d` (official key layout: `weight`, `bias`)."""
 
@@ -110,12 +110,8 @@ class DepthwiseConv2d(nn.Module):
             trunc_normal_(self.weight, std=.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():
-            # TorchScript cannot compile the kernels dispatcher; the reference op is what it runs off GPU anyway.
-            return F.conv2d(x, self.weight, self.bias, 1, self.padding, self.dilation, self.channels)
-        return kernels.dwconv2d(
-            x, self.weight, self.bias, padding=(self.padding, self.padding), dilation=self.dilation,
-            backend=self.kernel_backend)
+        return dwconv2d(x, self.weight, self.bias, padding=(self.padding, self.padding), dilation=self.dilation,
+                        backend=self.kernel_backend)
 
     def extra_repr(self) -> str:
         return (f'{self.channels}, kernel_size={self.kernel_size}, dilation={self.dilation}, '
@@ -390,9 +386,9 @@ class UniRepLKNet(nn.Module):
         kernel_sizes = tuple(tuple(int(k) for k in stage) for stage in kernel_sizes)
         if len(kernel_sizes) != 4 or tuple(len(k) for k in kernel_sizes) != depths:
             raise ValueError(f"kernel_sizes {kernel_sizes} do not match depths {depths}")
-        if kernel_backend not in kernels.BACKENDS:
-            raise ValueError(f"kernel_backend must be one of {kernels.BACKENDS}, got {kernel_backend!r}")
+        check_backend(kernel_backend)
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.depths, self.dims, self.kernel_sizes = depths, dims, kernel_sizes
         self.kernel_backend = kernel_backend
@@ -520,6 +516,7 @@ class UniRepLKNet(nn.Module):
         stage's output when it is taken."""
         if output_fmt != 'NCHW':
             raise ValueError(f"UniRepLKNet intermediates are NCHW, got output_fmt={output_fmt!r}")
+        check_image_input(x, self.in_chans, 1, 'UniRepLKNet')
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last_idx = len(self.stages) - 1
@@ -555,6 +552,8 @@ class UniRepLKNet(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            check_image_input(x, self.in_chans, 1, 'UniRepLKNet')
         for i, (downsample, stage) in enumerate(zip(self.downsample_layers, self.stages)):
             x = downsample(x)
             if self.grad_checkpointing and not torch.jit.is_scripting():

@@ -2,14 +2,14 @@
 
 The kernels work on *channel segments*: consecutive channel ranges that each have their own kernel size, padding
 and slice of a packed fp32 weight vector. A plain depthwise conv is one segment; the InceptionNeXt mixer
-(`kernels.inception`) is four (identity as a 1x1 conv with weight 1, kxk, 1xk, kx1), so it runs in the same single
+(`kernels.triton.inception_mixer`) is four (identity as a 1x1 conv with weight 1, kxk, 1xk, kx1), so it runs in the same single
 launch and writes the concatenated output directly.
 
 Work decomposition (one program = one block of channels of one segment x one spatial tile x one sample):
 - forward / input grad: the program loads its output tile's shifted input window once per tap (so the halo window
   is re-read from L1/L2 k*k times, from HBM about once), multiplies by the per-channel tap weight and accumulates in
   fp32. The input grad is the same kernel run on dy with the flipped taps and the complementary padding.
-  fp16/bf16 NCHW planes of at least TENSOR_CORE_MIN_SIZE use `_dw_fwd_dot_kernel` instead: one channel per
+  fp16/bf16 NCHW planes of at least `tensor_core_min_size` use `_dw_fwd_dot_kernel` instead: one channel per
   program, per kernel row a tensor-core product of the input window with a banded Toeplitz matrix of the row's
   taps, so the loads per output drop from k*k to k; their weight grad is `_dw_wgrad_dot_kernel` (per kernel row
   G = X^T dy on tensor cores, dw = sums of G's band diagonals).
@@ -17,17 +17,20 @@ Work decomposition (one program = one block of channels of one segment x one spa
   a (splits, weights) fp32 scratch that a final `sum(0)` reduces: no atomics at all.
 Both memory formats are handled through strides; the tile shape follows the layout (pixel-major tiles for NCHW,
 channel-major tiles for channels_last) so loads are coalesced along the contiguous axis.
+
+Tuning values are arguments of every host function, with the defaults below: `tensor_core_min_size` and `gpu_tiles`
+(the GPU heuristics for tiles and batch splits; off under Triton's interpreter, where each program is a Python loop
+and one tile per plane is fastest).
 """
 import functools
-import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-# Triton decides at decoration time whether kernels are interpreted (TRITON_INTERPRET=1, CPU tensors) or compiled.
-INTERPRET = os.environ.get('TRITON_INTERPRET', '0').lower() in ('1', 'true', 'on', 'yes')
+from ..backend import interpret_mode
+
 SEG_FIELDS = 7  # segment-table columns: c_begin, c_end, kh, kw, pad_h, pad_w, weight offset of c_begin
 # fp16/bf16 NCHW convs on planes at least this large use the tensor-core (tl.dot) kernels; smaller planes would
 # waste most of their 16x16 minimum tile. 0 disables them.
@@ -234,16 +237,16 @@ def is_channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1 and not x.is_contiguous()
 
 
-def pick_tiles(channels: int, h: int, w: int, channels_last: bool) -> tuple[int, int, int, int]:
+def pick_tiles(channels: int, h: int, w: int, channels_last: bool, gpu_tiles: bool) -> tuple[int, int, int, int]:
     """(BLOCK_C, TILE_H, TILE_W, num_warps) for a plane of h x w and segments of at most `channels` channels.
 
     1024 elements per program on a GPU. NCHW tiles run along W (the contiguous axis) and stay wide so the halo
     re-read per tap stays near 2x the tile; channels_last tiles are 8x8 pixels by up to 16 channels (32 contiguous
     bytes per pixel in 16-bit types) on 8 warps (32 channels on 4 warps needed 238 registers). Both compile for
     sm_90 without spills (tests compile them with ptxas, no GPU needed); the sizes are untuned first guesses.
-    The interpreter gets one tile per plane where possible since each program costs a Python loop there.
+    Without `gpu_tiles` (the interpreter) one tile covers the plane, since each program costs a Python loop there.
     """
-    if INTERPRET:
+    if not gpu_tiles:
         return _next_pow2(channels), _next_pow2(h), _next_pow2(w), 4
     if channels_last:
         return min(_next_pow2(channels), 16), min(_next_pow2(h), 8), min(_next_pow2(w), 8), 8
@@ -253,10 +256,11 @@ def pick_tiles(channels: int, h: int, w: int, channels_last: bool) -> tuple[int,
     return block_c, tile_h, tile_w, 4
 
 
-def _dot_tiles(x: torch.Tensor, h: int, w: int, segments: tuple, dilation) -> Optional[tuple[int, int, int]]:
-    """(TILE_H, TILE_W, KPAD) when the tensor-core kernels apply (fp16/bf16 NCHW, plane >= TENSOR_CORE_MIN_SIZE)."""
-    if (is_channels_last(x) or x.dtype not in (torch.float16, torch.bfloat16) or not TENSOR_CORE_MIN_SIZE
-            or min(h, w) < TENSOR_CORE_MIN_SIZE):
+def _dot_tiles(x: torch.Tensor, h: int, w: int, segments: tuple, dilation,
+               tensor_core_min_size: int) -> Optional[tuple[int, int, int]]:
+    """(TILE_H, TILE_W, KPAD) when the tensor-core kernels apply (fp16/bf16 NCHW, plane >= tensor_core_min_size)."""
+    if (is_channels_last(x) or x.dtype not in (torch.float16, torch.bfloat16) or not tensor_core_min_size
+            or min(h, w) < tensor_core_min_size):
         return None
     tile_h, tile_w = max(16, min(_next_pow2(h), 32)), max(16, min(_next_pow2(w), 32))
     span = max(dilation[1] * (kw - 1) for _, _, _, kw, *_ in segments)
@@ -294,7 +298,8 @@ def _unflatten(segments: list[int]) -> tuple:
 # Custom ops (opaque to torch.compile, with fake implementations) so compiled models keep one graph.
 @torch.library.custom_op('kernelzoo::dw_segments_fwd', mutates_args=())
 def conv_segments_fwd(x: torch.Tensor, w_packed: torch.Tensor, b_packed: Optional[torch.Tensor], segments: list[int],
-                      dilation: list[int], out_hw: list[int]) -> torch.Tensor:
+                      dilation: list[int], out_hw: list[int], tensor_core_min_size: int,
+                      gpu_tiles: bool) -> torch.Tensor:
     """y = segmented depthwise conv of x. w_packed / b_packed: fp32, contiguous; b_packed may be None.
 
     segments: flattened (c_begin, c_end, kh, kw, pad_h, pad_w, w_off) per segment.
@@ -304,7 +309,7 @@ def conv_segments_fwd(x: torch.Tensor, w_packed: torch.Tensor, b_packed: Optiona
     H_out, W_out = out_hw
     cl = is_channels_last(x)
     y = _out_like(x, H_out, W_out, cl)
-    dot_tiles = _dot_tiles(x, H_out, W_out, segments, dilation)
+    dot_tiles = _dot_tiles(x, H_out, W_out, segments, dilation, tensor_core_min_size)
     if dot_tiles:
         tile_h, tile_w, kpad = dot_tiles
         table = segment_table(segments, 1, x.device)
@@ -318,7 +323,7 @@ def conv_segments_fwd(x: torch.Tensor, w_packed: torch.Tensor, b_packed: Optiona
         )
         return y
     max_c = max(s[1] - s[0] for s in segments)
-    block_c, tile_h, tile_w, num_warps = pick_tiles(max_c, H_out, W_out, cl)
+    block_c, tile_h, tile_w, num_warps = pick_tiles(max_c, H_out, W_out, cl, gpu_tiles)
     table = segment_table(segments, block_c, x.device)
     n_tiles_w = triton.cdiv(W_out, tile_w)
     grid = (table.shape[0], triton.cdiv(H_out, tile_h) * n_tiles_w, B)
@@ -332,24 +337,25 @@ def conv_segments_fwd(x: torch.Tensor, w_packed: torch.Tensor, b_packed: Optiona
 
 
 @conv_segments_fwd.register_fake
-def _(x, w_packed, b_packed, segments, dilation, out_hw):
+def _(x, w_packed, b_packed, segments, dilation, out_hw, tensor_core_min_size, gpu_tiles):
     return _out_like(x, out_hw[0], out_hw[1], is_channels_last(x))
 
 
 @torch.library.custom_op('kernelzoo::dw_segments_wgrad', mutates_args=())
 def conv_segments_wgrad(x: torch.Tensor, dy: torch.Tensor, segments: list[int], n_wts: int, dilation: list[int],
-                        with_bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                        with_bias: bool, tensor_core_min_size: int, gpu_tiles: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight grad (packed fp32, n_wts long) and bias grad (fp32, C; empty without bias) of the segmented conv."""
     segments = _unflatten(segments)
     B, C, H, W = x.shape
     H_out, W_out = dy.shape[-2:]
-    dot_tiles = _dot_tiles(x, H_out, W_out, segments, dilation) if dy.stride() == x.stride() else None
+    dot_tiles = (_dot_tiles(x, H_out, W_out, segments, dilation, tensor_core_min_size)
+                 if dy.stride() == x.stride() else None)
     if dot_tiles:
         (tile_h, tile_w, kpad), block_c, num_warps = dot_tiles, 1, 4
         halo = tile_h * kpad
     else:
         block_c, tile_h, tile_w, num_warps = pick_tiles(max(s[1] - s[0] for s in segments), H_out, W_out,
-                                                        is_channels_last(x))
+                                                        is_channels_last(x), gpu_tiles)
         halo = max((tile_h + dilation[0] * (kh - 1)) * (tile_w + dilation[1] * (kw - 1))
                    for _, _, kh, kw, *_ in segments)
     table = segment_table(segments, block_c, x.device)
@@ -357,9 +363,9 @@ def conv_segments_wgrad(x: torch.Tensor, dy: torch.Tensor, segments: list[int], 
     n_tiles = triton.cdiv(H_out, tile_h) * n_tiles_w
     # Split the batch until there are ~4 programs per SM, and so far that one program's batch chunk (input windows
     # with halo + dy tiles) stays within ~64 KB: every tap re-reads the chunk, which must come from L1, not L2.
-    target = 2 if INTERPRET else 4 * _num_sms(x.device)
+    target = 4 * _num_sms(x.device) if gpu_tiles else 2
     n_split_b = max(1, min(B, triton.cdiv(target, table.shape[0] * n_tiles)))
-    if not INTERPRET:
+    if gpu_tiles:
         chunk_bytes = block_c * (halo + tile_h * tile_w) * x.element_size()
         n_split_b = max(n_split_b, triton.cdiv(B, max(1, (64 * 1024) // chunk_bytes)))
         # ...but keep the fp32 partials (written, then summed) no larger than the input itself.
@@ -389,7 +395,7 @@ def conv_segments_wgrad(x: torch.Tensor, dy: torch.Tensor, segments: list[int], 
 
 
 @conv_segments_wgrad.register_fake
-def _(x, dy, segments, n_wts, dilation, with_bias):
+def _(x, dy, segments, n_wts, dilation, with_bias, tensor_core_min_size, gpu_tiles):
     return x.new_empty(n_wts, dtype=torch.float32), x.new_empty(x.shape[1] if with_bias else 0, dtype=torch.float32)
 
 
@@ -397,7 +403,7 @@ class DWConv2dFunction(torch.autograd.Function):
     """Depthwise conv2d, stride 1; x (B, C, H, W) in NCHW or channels_last, weight (C, 1, kh, kw)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, padding, dilation):
+    def forward(ctx, x, weight, bias, padding, dilation, tuning):
         C, _, kh, kw = weight.shape
         ph, pw = padding
         dh, dw = dilation
@@ -408,15 +414,16 @@ class DWConv2dFunction(torch.autograd.Function):
                              f"padding {padding}, dilation {dilation}")
         w_packed = weight.detach().reshape(-1).float().contiguous()
         b_packed = None if bias is None else bias.detach().float().contiguous()
-        y = conv_segments_fwd(x, w_packed, b_packed, [0, C, kh, kw, ph, pw, 0], list(dilation), [H_out, W_out])
+        y = conv_segments_fwd(x, w_packed, b_packed, [0, C, kh, kw, ph, pw, 0], list(dilation), [H_out, W_out],
+                              *tuning)
         ctx.save_for_backward(x, weight)
-        ctx.conv = (padding, dilation, bias is not None, None if bias is None else bias.dtype)
+        ctx.conv = (padding, dilation, bias is not None, None if bias is None else bias.dtype, tuning)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
-        (ph, pw), dilation, has_bias, bias_dtype = ctx.conv
+        (ph, pw), dilation, has_bias, bias_dtype, tuning = ctx.conv
         C, _, kh, kw = weight.shape
         dx = dw = db = None
         if dy.stride() != x.stride():
@@ -425,14 +432,22 @@ class DWConv2dFunction(torch.autograd.Function):
             # dx is the correlation of dy with the flipped taps under the complementary padding.
             w_flip = weight.detach().flip(-1, -2).reshape(-1).float().contiguous()
             seg = [0, C, kh, kw, dilation[0] * (kh - 1) - ph, dilation[1] * (kw - 1) - pw, 0]
-            dx = conv_segments_fwd(dy, w_flip, None, seg, list(dilation), list(x.shape[-2:]))
+            dx = conv_segments_fwd(dy, w_flip, None, seg, list(dilation), list(x.shape[-2:]), *tuning)
         need_b = has_bias and ctx.needs_input_grad[2]
         if ctx.needs_input_grad[1] or need_b:
-            dw_flat, db = conv_segments_wgrad(x, dy, [0, C, kh, kw, ph, pw, 0], weight.numel(), list(dilation), need_b)
+            dw_flat, db = conv_segments_wgrad(x, dy, [0, C, kh, kw, ph, pw, 0], weight.numel(), list(dilation), need_b,
+                                              *tuning)
             dw = dw_flat.view_as(weight).to(weight.dtype) if ctx.needs_input_grad[1] else None
             db = db.to(bias_dtype) if need_b else None
-        return dx, dw, db, None, None
+        return dx, dw, db, None, None, None
 
 
-def dwconv2d_triton(x, weight, bias, padding: tuple[int, int], dilation: tuple[int, int]):
-    return DWConv2dFunction.apply(x, weight, bias, padding, dilation)
+def tuning(tensor_core_min_size: int = TENSOR_CORE_MIN_SIZE, gpu_tiles: Optional[bool] = None) -> tuple[int, bool]:
+    """The tuning arguments of the custom ops; `gpu_tiles=None`: GPU heuristics unless the interpreter runs."""
+    return tensor_core_min_size, (not interpret_mode()) if gpu_tiles is None else gpu_tiles
+
+
+def dwconv2d_triton(x, weight, bias, padding: tuple[int, int], dilation: tuple[int, int],
+                    tensor_core_min_size: int = TENSOR_CORE_MIN_SIZE, gpu_tiles: Optional[bool] = None):
+    """Checked arguments (see `kernels.dwconv2d`) -> the Triton depthwise conv with autograd."""
+    return DWConv2dFunction.apply(x, weight, bias, padding, dilation, tuning(tensor_core_min_size, gpu_tiles))

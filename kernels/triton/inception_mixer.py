@@ -1,13 +1,15 @@
 """Fused InceptionNeXt token mixer: identity | kxk | 1xk | kx1 depthwise branches in one launch per pass.
 
-The four channel splits are four segments of the segmented depthwise kernels in `kernels.dwconv2d`: the identity
+The four channel splits are four segments of the segmented depthwise kernels in `kernels.triton.depthwise`: the identity
 split is a 1x1 "conv" with weight 1 (a copy, exact in every dtype), so the forward writes the concatenated output
 in one pass with no split/cat copies; the input grad is one more launch (flipped taps; identity passes dy through)
 and the weight and bias grads of the three branches one more.
 """
+from typing import Optional
+
 import torch
 
-from .dwconv2d import conv_segments_fwd, conv_segments_wgrad, is_channels_last
+from .depthwise import TENSOR_CORE_MIN_SIZE, conv_segments_fwd, conv_segments_wgrad, is_channels_last, tuning
 
 
 def _branch_segments(n_id, weights, identity=True):
@@ -32,7 +34,7 @@ class InceptionDWFunction(torch.autograd.Function):
     """x (B, C, H, W); branch weights (gc, 1, kh, kw) each, biases (gc,) or None; identity gets C - 3 gc channels."""
 
     @staticmethod
-    def forward(ctx, x, w_hw, b_hw, w_w, b_w, w_h, b_h):
+    def forward(ctx, x, w_hw, b_hw, w_w, b_w, w_h, b_h, tuning):
         weights, biases = (w_hw, w_w, w_h), (b_hw, b_w, b_h)
         n_id = x.shape[1] - sum(w.shape[0] for w in weights)
         has_bias = any(b is not None for b in biases)
@@ -42,9 +44,9 @@ class InceptionDWFunction(torch.autograd.Function):
                 (b.detach().float() if b is not None else w.new_zeros(w.shape[0], dtype=torch.float32))
                 for w, b in zip(weights, biases)]).contiguous()
         segments = _branch_segments(n_id, weights)
-        y = conv_segments_fwd(x, _pack(n_id, weights), b_packed, segments, [1, 1], list(x.shape[-2:]))
+        y = conv_segments_fwd(x, _pack(n_id, weights), b_packed, segments, [1, 1], list(x.shape[-2:]), *tuning)
         ctx.save_for_backward(x, *weights)
-        ctx.n_id = n_id
+        ctx.n_id, ctx.tuning = n_id, tuning
         ctx.bias_dtypes = tuple(None if b is None else b.dtype for b in biases)
         return y
 
@@ -58,14 +60,14 @@ class InceptionDWFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # "Same" padding is its own complement, so the segments are unchanged; only the taps flip.
             dx = conv_segments_fwd(dy, _pack(n_id, weights, flip=True), None, _branch_segments(n_id, weights),
-                                   [1, 1], list(x.shape[-2:]))
+                                   [1, 1], list(x.shape[-2:]), *ctx.tuning)
         w_grads, b_grads = [None] * 3, [None] * 3
         need_w = any(ctx.needs_input_grad[i] for i in (1, 3, 5))
         need_b = any(ctx.needs_input_grad[i] for i in (2, 4, 6))
         if need_w or need_b:
             conv_segments = _branch_segments(n_id, weights, identity=False)  # identity has nothing to learn
             n_wts = n_id + sum(w.numel() for w in weights)
-            dw, db = conv_segments_wgrad(x, dy, conv_segments, n_wts, [1, 1], need_b)
+            dw, db = conv_segments_wgrad(x, dy, conv_segments, n_wts, [1, 1], need_b, *ctx.tuning)
             off, c = n_id, n_id
             for i, w in enumerate(weights):
                 if ctx.needs_input_grad[1 + 2 * i]:
@@ -74,8 +76,10 @@ class InceptionDWFunction(torch.autograd.Function):
                     b_grads[i] = db[c:c + w.shape[0]].to(ctx.bias_dtypes[i])
                 off += w.numel()
                 c += w.shape[0]
-        return dx, w_grads[0], b_grads[0], w_grads[1], b_grads[1], w_grads[2], b_grads[2]
+        return dx, w_grads[0], b_grads[0], w_grads[1], b_grads[1], w_grads[2], b_grads[2], None
 
 
-def inception_dw_triton(x, w_hw, b_hw, w_w, b_w, w_h, b_h):
-    return InceptionDWFunction.apply(x, w_hw, b_hw, w_w, b_w, w_h, b_h)
+def inception_dw_triton(x, w_hw, b_hw, w_w, b_w, w_h, b_h, tensor_core_min_size: int = TENSOR_CORE_MIN_SIZE,
+                        gpu_tiles: Optional[bool] = None):
+    """Checked arguments (see `kernels.inception_dw`) -> the fused Triton mixer with autograd."""
+    return InceptionDWFunction.apply(x, w_hw, b_hw, w_w, b_w, w_h, b_h, tuning(tensor_core_min_size, gpu_tiles))

@@ -75,27 +75,27 @@ def _spectral_bwd_kernel(dyf_ptr, uf_ptr, kf_ptr, duf_ptr, dkf_ptr, B, H, F,
         tl.store(dkf_ptr + (h * F + offs) * 2 + 1, acc_im, mask=mask)
 
 
-_BLOCK = 1024
+BLOCK = 1024  # elements per program in every pass
 
 
-def _pad_cast(src: torch.Tensor, tail: torch.Tensor = None) -> torch.Tensor:
+def _pad_cast(src: torch.Tensor, tail: Optional[torch.Tensor] = None, block: int = BLOCK) -> torch.Tensor:
     """(R, L) any float dtype -> (R, 2L) fp32 zero-padded (or with the mirrored tail), one pass."""
     rows, L = src.shape
     dst = torch.empty((rows, 2 * L), dtype=torch.float32, device=src.device)
-    _pad_cast_kernel[(rows, triton.cdiv(2 * L, _BLOCK))](
-        src, src if tail is None else tail, dst, L, HAS_TAIL=tail is not None, BLOCK=_BLOCK)
+    _pad_cast_kernel[(rows, triton.cdiv(2 * L, block))](
+        src, src if tail is None else tail, dst, L, HAS_TAIL=tail is not None, BLOCK=block)
     return dst
 
 
-def _skip_epilogue(full, s, D, H, out_dtype, t=None):
+def _skip_epilogue(full, s, D, H, out_dtype, t=None, block: int = BLOCK):
     """First L of `full` (R, 2L) + D s, cast; with t also the per-row sums of s t (for dD)."""
     rows, L = s.shape
     out = torch.empty((rows, L), dtype=out_dtype, device=s.device)
-    n_blocks = triton.cdiv(L, _BLOCK)
+    n_blocks = triton.cdiv(L, block)
     part = torch.empty((rows, n_blocks), dtype=torch.float32, device=s.device) if t is not None else None
     _skip_epilogue_kernel[(rows, n_blocks)](
         full, s, full if D is None else D, s if t is None else t, out, full if part is None else part, H, L,
-        HAS_D=D is not None, WITH_PART=t is not None, BLOCK=_BLOCK)
+        HAS_D=D is not None, WITH_PART=t is not None, BLOCK=block)
     return out, part
 
 
@@ -134,10 +134,10 @@ def longconv_bwd(dy: torch.Tensor, u_f: torch.Tensor, k_f: torch.Tensor, u: Opti
     dk_f = torch.empty((H, F_), dtype=dy_f.dtype, device=dy.device) if need_dk else None
     if need_du or need_dk:
         dyf_r = torch.view_as_real(dy_f)
-        _spectral_bwd_kernel[(H, triton.cdiv(F_, _BLOCK))](
+        _spectral_bwd_kernel[(H, triton.cdiv(F_, BLOCK))](
             dyf_r, torch.view_as_real(u_f), torch.view_as_real(k_f),
             dyf_r if du_f is None else torch.view_as_real(du_f), dyf_r if dk_f is None else torch.view_as_real(dk_f),
-            B, H, F_, NEED_DU=need_du, NEED_DK=need_dk, BLOCK=_BLOCK)
+            B, H, F_, NEED_DU=need_du, NEED_DK=need_dk, BLOCK=BLOCK)
     du, dk, dD = dy.new_empty(0), dy.new_empty(0, dtype=torch.float32), dy.new_empty(0, dtype=torch.float32)
     part = None
     if need_du:
@@ -185,4 +185,5 @@ class LongConvFunction(torch.autograd.Function):
 
 
 def longconv_triton(u, k, D=None, bidirectional=False):
+    """Checked arguments (see `kernels.longconv`) -> the cuFFT + Triton long convolution with autograd."""
     return LongConvFunction.apply(u, k, D, bidirectional)
