@@ -272,6 +272,14 @@ def test_dropped_model_kwargs_build_the_same_model(key):
                       build(new['model']['name'], {**new['model']['kwargs'], **extra}), dropped)
 
 
+@pytest.mark.parametrize('name,changed', [('liegroup_gl2_small', {'rotation_range': 0.25}),  # a sampler setting
+                                           ('liegroup_gl2_small', {'eval_seed': 1}),  # a model attribute
+                                           ('unireplknet_a', {'kernel_backend': 'torch'})])  # a block attribute
+def test_the_model_comparison_sees_a_changed_setting(name, changed):
+    with pytest.raises(AssertionError, match='module attributes differ'):
+        assert_same_model(build(name, changed), build(name, {}), changed)
+
+
 def test_run_name_is_the_experiment_choice_and_can_be_overridden(tmp_path):
     for path in (CONFIGS / 'experiment').rglob('*.yaml'):
         assert 'run_name' not in OmegaConf.load(path), f"{path.name} sets its own run_name"
