@@ -103,6 +103,22 @@ class LitClassifier(pl.LightningModule):
         self.test_acc = MulticlassAccuracy(self.num_classes, average='micro')
         self.test_acc5 = MulticlassAccuracy(self.num_classes, top_k=top5, average='micro')
 
+    @staticmethod
+    def network_prefix(ema: bool = False) -> str:
+        """Where the network's (or its EMA's) tensors sit in this module's state dict."""
+        return 'model_ema.module.' if ema else 'model.'
+
+    @staticmethod
+    def network_state_dict(checkpoint_state_dict: dict, ema: bool = False) -> dict:
+        """The timm model's own state dict (or its EMA's) inside a LitClassifier checkpoint's `state_dict`.
+
+        Names lose the module's attribute prefix (`model.` / `model_ema.module.`) and torch.compile's `_orig_mod.`,
+        so `timm.create_model(name).load_state_dict(...)` takes the result. Empty if the checkpoint has no such part.
+        """
+        prefix = LitClassifier.network_prefix(ema)
+        return {k[len(prefix):].removeprefix('_orig_mod.'): v
+                for k, v in checkpoint_state_dict.items() if k.startswith(prefix)}
+
     # ---- forward ----
 
     @staticmethod

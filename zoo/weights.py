@@ -26,17 +26,15 @@ from typing import Dict, List, Optional, Tuple
 import safetensors.torch
 import timm
 import torch
-from timm.models import get_pretrained_cfg, model_entrypoint
+from timm.models import get_pretrained_cfg
 from timm.models._hub import download_cached_file
 from torch.hub import HASH_REGEX
 
-import zoo  # noqa: F401  (registers the zoo models with timm)
 from zoo._cli import ModelKwargsAction
+from zoo.lit import LitClassifier
+from zoo.models import unwrap_state_dict, zoo_model_names
 
 DEFAULT_DIR = Path('checkpoints')
-LIGHTNING_PREFIX = 'model.'
-LIGHTNING_EMA_PREFIX = 'model_ema.module.'
-_WRAPPER_KEYS = ('state_dict', 'model')  # containers timm's loader also unwraps
 
 
 class WeightsError(RuntimeError):
@@ -95,11 +93,7 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
     if _is_lightning(checkpoint):
         raise WeightsError(f"{path}: a Lightning checkpoint; turn it into weights first with "
                            f"`python -m zoo.weights export {path} OUT.safetensors`")
-    for key in _WRAPPER_KEYS:
-        if isinstance(checkpoint.get(key), dict):
-            checkpoint = checkpoint[key]
-            break
-    state_dict = {k.removeprefix('module.'): v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    state_dict = {k: v for k, v in unwrap_state_dict(checkpoint).items() if isinstance(v, torch.Tensor)}
     if not state_dict:
         raise WeightsError(f"{path}: contains no tensors")
     return state_dict
@@ -173,12 +167,8 @@ def check_fits(state_dict: Dict[str, torch.Tensor], model_name: str, source='che
 
 def zoo_pretrained() -> List[Tuple[str, object]]:
     """(arch.tag, PretrainedCfg) for every zoo-registered architecture with weights."""
-    rows = []
-    for name in timm.list_pretrained():
-        arch = name.split('.')[0]
-        if model_entrypoint(arch).__module__.startswith('zoo.'):
-            rows.append((name, get_pretrained_cfg(name)))
-    return rows
+    zoo_names = set(zoo_model_names())
+    return [(name, get_pretrained_cfg(name)) for name in timm.list_pretrained() if name.split('.')[0] in zoo_names]
 
 
 def cmd_list(args) -> int:
@@ -338,13 +328,10 @@ def export(ckpt_path, out_path, ema: bool = False, model_name: Optional[str] = N
     model_name = model_name or hparams.get('model_name')
     if not model_name:
         raise WeightsError(f"{ckpt_path}: no model_name in its hyper_parameters; pass --model NAME")
-    prefix = LIGHTNING_EMA_PREFIX if ema else LIGHTNING_PREFIX
-    # `_orig_mod.` is what torch.compile puts in front of a compiled network's names
-    state_dict = {k[len(prefix):].removeprefix('_orig_mod.'): v
-                  for k, v in checkpoint['state_dict'].items() if k.startswith(prefix)}
+    state_dict = LitClassifier.network_state_dict(checkpoint['state_dict'], ema=ema)
     if not state_dict:
-        what = 'EMA weights (model_ema.module.*)' if ema else 'network weights (model.*)'
-        raise WeightsError(f"{ckpt_path}: no {what} in its state_dict")
+        what = 'EMA weights' if ema else 'network weights'
+        raise WeightsError(f"{ckpt_path}: no {what} ({LitClassifier.network_prefix(ema)}*) in its state_dict")
     # safetensors refuses tensors sharing storage: give each its own contiguous copy
     state_dict = {k: v.detach().clone().contiguous() for k, v in state_dict.items()}
 

@@ -10,7 +10,7 @@ from timm.layers import register_notrace_function
 
 from kernels import conv2d_winograd, dwconv2d, inception_dw, longconv
 
-__all__ = ['LongConvLayer', 'check_image_input']
+__all__ = ['LongConvLayer', 'check_image_input', 'check_range']
 
 for _kernel in (dwconv2d, inception_dw, longconv, conv2d_winograd):
     register_notrace_function(_kernel)
@@ -86,3 +86,11 @@ def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, model: str,
     if x.shape[-2] < min_size or x.shape[-1] < min_size:
         raise ValueError(f"{model}: input {x.shape[-2]}x{x.shape[-1]} is smaller than the minimum "
                          f"{min_size}x{min_size}{' ' + why if why else ''}")
+
+
+@register_notrace_function
+def check_range(x: torch.Tensor, low: int, high: int, what: str, interval: str = '') -> None:
+    """Raise a clear error unless every value of the integer tensor x lies in [low, high] (`interval` says so)."""
+    if x.numel() and (x.min() < low or x.max() > high):
+        raise ValueError(f"{what} must lie in {interval or f'[{low}, {high}]'}, "
+                         f"got min {int(x.min())}, max {int(x.max())}")

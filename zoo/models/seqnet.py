@@ -14,8 +14,9 @@ Inputs, as each model's `pretrained_cfg['description']` says:
   * token tasks: int64 ids (B, L) (retrieval: (B, 2, L)) with 0 <= id < `model.vocab_size`, and optional
     `lengths` (B,) (retrieval: (B, 2)) counting the valid tokens of right-padded sequences;
   * pixel tasks: float (B, C, H, W) images, read in raster order, or (B, L, C) sequences.
-L may not exceed `model.seq_len` (the kernel length the layers were built for). `lengths` select the positions that
-are pooled; as in the official LRA pipelines, padded positions still run through the blocks (with bidirectional
+L may not exceed `model.seq_len` (the kernel length the layers were built for). Token ids and `lengths` are checked
+on CPU inputs; on a GPU that check would stall every forward, so the DataModules check their data instead. `lengths`
+select the positions that are pooled; as in the official LRA pipelines, padded positions still run through the blocks (with bidirectional
 kernels they reach the valid positions; BatchNorm statistics include them).
 """
 from typing import Optional
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from timm.models import (
     checkpoint_seq, generate_default_cfgs, load_pretrained, register_model, resolve_pretrained_cfg)
 
+from .layers import check_range
 from .s4d import S4D
 from .sgconv import SGConv
 
@@ -169,9 +171,8 @@ class SeqNet(nn.Module):
             if x.is_floating_point() or x.is_complex() or x.dim() != (3 if self.num_docs == 2 else 2) or \
                     (self.num_docs == 2 and x.shape[1] != 2):
                 raise ValueError(f"expected integer token ids of shape {shape}, got {x.dtype} {tuple(x.shape)}")
-            if x.numel() and (x.min() < 0 or x.max() >= self.vocab_size):
-                raise ValueError(f"token ids must lie in [0, {self.vocab_size}) (vocab_size), "
-                                 f"got min {int(x.min())}, max {int(x.max())}")
+            if not x.is_cuda:  # reading values back from a GPU would stall every forward; the DataModules check
+                check_range(x, 0, self.vocab_size - 1, 'token ids', f'[0, {self.vocab_size}) (vocab_size)')
             x = x.flatten(0, 1) if self.num_docs == 2 else x
         else:
             if x.dim() == 4:  # (B, C, H, W) image read in raster order
@@ -204,8 +205,8 @@ class SeqNet(nn.Module):
         lengths = torch.as_tensor(lengths, device=x.device)
         if lengths.shape != x.shape[:-2]:
             raise ValueError(f"lengths must have shape {tuple(x.shape[:-2])}, got {tuple(lengths.shape)}")
-        if lengths.numel() and (lengths.min() < 1 or lengths.max() > L):
-            raise ValueError(f"lengths must lie in [1, {L}], got min {int(lengths.min())}, max {int(lengths.max())}")
+        if not lengths.is_cuda:
+            check_range(lengths, 1, L, 'lengths')
         if self.global_pool == 'avg':
             valid = torch.arange(L, device=x.device) < lengths.unsqueeze(-1)  # (..., L)
             return (x * valid.unsqueeze(-1).to(x.dtype)).sum(-2) / lengths.unsqueeze(-1).to(x.dtype)

@@ -30,6 +30,7 @@ from timm.models import (
 from timm.models._features import feature_take_indices
 
 from kernels import check_backend, dwconv2d
+from ._state_dict import unwrap_state_dict
 from .layers import check_image_input
 
 __all__ = ['UniRepLKNet', 'UniRepLKNetBlock', 'DilatedReparamBlock']
@@ -602,15 +603,7 @@ def _is_training_form(keys) -> bool:
 
 def _unwrap(checkpoint: Dict) -> Dict[str, torch.Tensor]:
     """Official file wrappers and prefixes -> a flat official-layout state dict."""
-    for key in ('model', 'state_dict', 'model_ema', 'state_dict_ema'):
-        if key in checkpoint and isinstance(checkpoint[key], dict):
-            checkpoint = checkpoint[key]
-            break
-    state_dict = {}
-    for k, v in checkpoint.items():
-        for prefix in ('module.', '_orig_mod.'):
-            k = k[len(prefix):] if k.startswith(prefix) else k
-        state_dict[k] = v
+    state_dict = unwrap_state_dict(checkpoint)
     if not any(k.startswith('downsample_layers.') for k in state_dict) \
             and any(k.startswith('backbone.downsample_layers.') for k in state_dict):
         # Official detection / segmentation checkpoint: keep the backbone, without its per-stage output norms.
