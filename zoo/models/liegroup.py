@@ -177,9 +177,8 @@ class KernelNet(nn.Module):
 
     fold_omega: keep omega inside the sine layers' weights and biases (sin(W' x + b') with W' = omega W) instead of
     multiplying in `forward`. The function at init is the same, but Adam's steps, whose size does not depend on the
-    gradient's scale, then move the sine phases omega times more slowly. With the release's form the phases of the
-    3 sine layers drift so fast that the small models' kernels change direction from step to step, and some seeds
-    sit at chance for epochs (docs/liegroup.md). Not for the release's checkpoints, which store W.
+    gradient's scale, move the sine phases omega times more slowly (why that matters: docs/liegroup.md). Not for
+    the release's checkpoints, which store W.
     """
 
     def __init__(self, in_features: int, out_features: int, fan_in: int, hidden: int = 60, num_hidden: int = 2,
@@ -480,10 +479,9 @@ class LieGroupResNet(nn.Module):
         final_width: channels of the last group conv, i.e. the invariant features the head sees (default: width).
         stem_pool: 2x2 max pool after the stem (not in the paper; the small CPU configurations use it).
         input_pad, pad_value: pad the image by `input_pad` pixels of `pad_value` (an empty pixel after normalization:
-            -1 for the default mean = std = 0.5) before the stem. Not in the paper. The zero padding of the inner
-            convs makes artificial edges at the frame border; with a receptive field about as large as the 40 x 40
-            frame, a digit moved towards the border meets them and the features change (translation-only accuracy
-            71% vs 96% upright for `liegroup_sl2_small` without it). The small configurations pad by 8.
+            -1 for the default mean = std = 0.5) before the stem, so that the inner convs' zero padding does not put
+            artificial edges next to a digit moved towards the frame border (docs/liegroup.md). Not in the paper.
+            Intermediate feature maps are cropped back to the positions centred on the image.
         rotation_sampler, rotation_range, spd_spread: see `GroupSampler`.
         signed_angle: give the group convs the relative rotation angle in (-pi, pi] instead of the release's
             [0, 2 pi), so that kernels are continuous around the identity (for samplers that are not on a fixed grid).
@@ -492,8 +490,7 @@ class LieGroupResNet(nn.Module):
             release does (non-deterministic predictions).
         eval_spd: positive-definite factor of the fixed evaluation samples: 'sampled' (drawn from eval_seed) or
             'identity' (the log-normal's median, so the samples are the rotations alone; with the stratified sampler,
-            the centre of each cell). A test transform shifts the samples (f(a x; H) = f(x; a^-1 H)); from centred
-            samples the shifted ones stay in the bulk of what training drew. The small configurations use 'identity'.
+            the centre of each cell).
         kernel_mlp: SIREN options (hidden, num_hidden, first_omega, omega, fold_omega); the paper: 60 wide, 3 sine
             layers, omega 10, not folded. The small configurations fold omega (see `KernelNet`).
     """
@@ -798,13 +795,10 @@ def _create_liegroup(variant: str, pretrained: bool = False, **kwargs) -> LieGro
     )
 
 
-# The CPU configurations (not in the paper): 4 samples per layer with rotations stratified over +-45 degrees for
-# SL(2) and +-90 degrees for GL+(2), each the better range on validation accuracy (docs/liegroup.md). A fixed grid
-# of 4 would make the model exactly invariant to quarter turns, i.e. blind to 6 vs 9, and never show it the rotations
-# in between. Also: the continuous relative-angle chart that such samples need, input padding against the frame
-# border and evaluation samples without the positive-definite factor (see `LieGroupResNet`), and kernel SIRENs with
-# omega folded into their weights (see `KernelNet`). The last conv is 16 wide: the head sees only its invariant
-# features, and 8 of them (the release's uniform width) left the models underfitting their training digits.
+# The CPU configurations (not in the paper; how each value was chosen: docs/liegroup.md): 4 samples per layer with
+# rotations stratified over +-45 degrees (SL(2)) or +-90 degrees (GL+(2)), the signed relative-angle chart, input
+# padding, evaluation samples without the positive-definite factor, SIRENs with omega folded in, and a 16-wide last
+# conv (the invariant features the head sees).
 _SMALL_GROUP_ARGS = dict(num_samples=4, width=8, final_width=16, stem_pool=True, input_pad=8,
                          rotation_sampler='stratified', signed_angle=True, eval_spd='identity',
                          kernel_mlp=dict(fold_omega=True))
