@@ -33,12 +33,11 @@ from torch.hub import HASH_REGEX
 from zoo._cli import ModelKwargsAction
 from zoo.lit import LitClassifier
 from zoo.models import unwrap_state_dict, zoo_model_names
+from zoo.models._pretrained import WeightsError, describe_mismatch, read_weights_file
+
+__all__ = ['WeightsError', 'download', 'verify', 'export', 'read_checkpoint', 'read_state_dict', 'check_fits', 'main']
 
 DEFAULT_DIR = Path('checkpoints')
-
-
-class WeightsError(RuntimeError):
-    """A weights file or download that cannot be used; the message says why."""
 
 
 # ---------------------------------------------------------------------------------------------------- reading
@@ -60,27 +59,9 @@ def check_sha256(path, expected: str):
 
 
 def read_checkpoint(path) -> Dict:
-    """The raw object in a checkpoint file, loaded safely; a clear error for anything that is not a checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise WeightsError(f"{path}: empty file")
-    try:
-        if path.suffix == '.safetensors':
-            return safetensors.torch.load_file(str(path), device='cpu')
-        obj = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if 'Weights only load failed' in str(e):
-            raise WeightsError(
-                f"{path}: holds Python objects besides tensors, so it is not loaded "
-                f"(weights_only=True); save a plain state_dict instead") from None
-        raise WeightsError(f"{path}: not a readable checkpoint (truncated or not a PyTorch/safetensors file): "
-                           f"{reason}") from None
-    if not isinstance(obj, dict):
-        raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a state dict")
-    return obj
+    """The raw object in a checkpoint file, loaded safely; a clear error for anything that is not a checkpoint
+    (missing, empty, truncated, random bytes, pickled Python objects: refused without running them)."""
+    return read_weights_file(path)
 
 
 def _is_lightning(checkpoint: Dict) -> bool:
@@ -108,39 +89,6 @@ def read_metadata(path) -> Dict[str, str]:
 
 # ---------------------------------------------------------------------------------------------- model fit
 
-def _describe_mismatch(state_dict: Dict[str, torch.Tensor], model: torch.nn.Module, limit: int = 5) -> str:
-    """Which tensors keep `state_dict` from loading into `model`, with a hint for the stem and the classifier."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
-
-    def listing(kind, keys, fmt=str):
-        more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ''
-        return f"{len(keys)} {kind}: {', '.join(fmt(k) for k in keys[:limit])}{more}"
-
-    problems = []
-    if mismatched:
-        problems.append(listing('with a different shape', mismatched, lambda k: (
-            f"{k} checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}")))
-    if missing:
-        problems.append(listing('missing from the checkpoint', missing))
-    if unexpected:
-        problems.append(listing('unexpected in the checkpoint', unexpected))
-    cfg = model.pretrained_cfg or {}
-    first_conv, classifier = cfg.get('first_conv'), cfg.get('classifier')
-    hints = []
-    if first_conv and f'{first_conv}.weight' in mismatched:
-        hints.append(f"the checkpoint's stem takes in_chans={state_dict[first_conv + '.weight'].shape[1]}")
-    if classifier and f'{classifier}.weight' in mismatched:
-        hints.append(f"the checkpoint's classifier has num_classes={state_dict[classifier + '.weight'].shape[0]}")
-    if missing and len(unexpected) > len(state_dict) // 2:
-        hints.append("most of its names are unknown to the model: the file looks like weights of another "
-                     "architecture")
-    hint = f" ({'; '.join(hints)})" if hints else ''
-    return '; '.join(problems) + hint
-
-
 def check_fits(state_dict: Dict[str, torch.Tensor], model_name: str, source='checkpoint', **model_kwargs):
     """Load `state_dict` into `model_name` the way `pretrained=True` does (the family's checkpoint filter, strict);
     raise WeightsError naming what does not fit. Returns the loaded model."""
@@ -158,7 +106,7 @@ def check_fits(state_dict: Dict[str, torch.Tensor], model_name: str, source='che
         return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **model_kwargs)
     except (RuntimeError, KeyError, ValueError) as e:
         model = timm.create_model(model_name, **model_kwargs)
-        detail = _describe_mismatch(state_dict, model) or str(e).strip().splitlines()[0]
+        detail = describe_mismatch(state_dict, model) or str(e).strip().splitlines()[0]
         with_kwargs = f" with {model_kwargs}" if model_kwargs else ''
         raise WeightsError(f"{source} does not fit {model_name}{with_kwargs}: {detail}") from None
 

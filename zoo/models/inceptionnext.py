@@ -18,7 +18,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.inception_next import MetaNeXt
 
 from kernels import check_backend, dwconv2d, inception_dw
-from .layers import check_image_input
+from ._pretrained import pretrained_weights
+from .layers import check_image_input, check_kwargs, check_model_args
 
 __all__ = ['InceptionMixer', 'InceptionNeXt']
 
@@ -92,6 +93,8 @@ class InceptionNeXt(MetaNeXt):
             **kwargs,
     ):
         check_backend(kernel_backend)
+        check_model_args('InceptionNeXt', in_chans=kwargs.get('in_chans'), num_classes=kwargs.get('num_classes'),
+                         drop_rate=kwargs.get('drop_rate'), drop_path_rate=kwargs.get('drop_path_rate'))
         mixer = partial(
             InceptionMixer,
             square_kernel_size=square_kernel_size,
@@ -106,7 +109,7 @@ class InceptionNeXt(MetaNeXt):
 
     def forward_features(self, x):
         if not torch.jit.is_scripting():
-            check_image_input(x, self.in_chans, self.min_input_size, 'InceptionNeXt')
+            check_image_input(x, self.in_chans, self.min_input_size, 'InceptionNeXt', weight=self.stem[0].weight)
         # MetaNeXt's own body: TorchScript cannot compile super() calls.
         return self.stages(self.stem(x))
 
@@ -115,7 +118,7 @@ class InceptionNeXt(MetaNeXt):
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(self, x, *args, **kwargs):
-        check_image_input(x, self.in_chans, self.min_input_size, 'InceptionNeXt')
+        check_image_input(x, self.in_chans, self.min_input_size, 'InceptionNeXt', weight=self.stem[0].weight)
         return super().forward_intermediates(x, *args, **kwargs)
 
 
@@ -149,11 +152,13 @@ default_cfgs = generate_default_cfgs({
 
 def _create_inceptionnext(variant, pretrained=False, **kwargs):
     # Official and timm checkpoints share our parameter layout, so no checkpoint filter is needed.
-    return build_model_with_cfg(
-        InceptionNeXt, variant, pretrained,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
-        **kwargs,
-    )
+    check_kwargs(variant, kwargs, InceptionNeXt, MetaNeXt, exclude=('token_mixers',))
+    with pretrained_weights(variant, pretrained, kwargs):
+        return build_model_with_cfg(
+            InceptionNeXt, variant, pretrained,
+            feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+            **kwargs,
+        )
 
 
 @register_model

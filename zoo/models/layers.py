@@ -4,13 +4,17 @@ Input checks and kernel calls are leaf calls under timm's tracing (`register_not
 records them whole, so their Python control flow on shapes never meets an FX proxy. Models call them by their
 global names (FX patches module globals) and skip the checks under TorchScript, which runs the kernels' references.
 """
+import inspect
+from typing import Callable, Iterable, Optional
+
 import torch
 import torch.nn as nn
 from timm.layers import register_notrace_function
 
 from kernels import conv2d_winograd, dwconv2d, inception_dw, longconv
 
-__all__ = ['LongConvLayer', 'check_image_input', 'check_range']
+__all__ = ['LongConvLayer', 'check_image_input', 'check_range', 'check_input_dtype', 'check_model_args',
+           'check_kwargs', 'BUILD_KWARGS']
 
 for _kernel in (dwconv2d, inception_dw, longconv, conv2d_winograd):
     register_notrace_function(_kernel)
@@ -66,19 +70,27 @@ class LongConvLayer(nn.Module):
         if not self.transposed:
             u = u.transpose(-1, -2)
         H, L = self.d_model, u.shape[-1]
+        if L < 1:
+            raise ValueError(f"{type(self).__name__}: the sequence length L must be >= 1, got an empty sequence "
+                             f"(shape {tuple(u.shape)})")
         k = self.compute_kernel(L)  # (dirs * C, H, L)
         if self.channels > 1:
             # Every channel convolves its own copy of the input: fold C into the feature axis, (c h) order.
             u = u.repeat(1, self.channels, 1)
         k = k.reshape(2, self.channels * H, L) if self.bidirectional else k.reshape(self.channels * H, L)
-        y = longconv(u, k, self.D.reshape(-1), bidirectional=self.bidirectional, backend=self.kernel_backend)
+        if u.shape[0] == 0:  # an empty batch has nothing to convolve (and FFT libraries refuse zero-size batches)
+            y = u.new_zeros(u.shape)
+        else:
+            y = longconv(u, k, self.D.reshape(-1), bidirectional=self.bidirectional, backend=self.kernel_backend)
         y = self.output_linear(self.dropout(self.activation(y)))
         return y if self.transposed else y.transpose(-1, -2)
 
 
 @register_notrace_function
-def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, model: str, why: str = '') -> None:
-    """Raise a clear error for a batch that is not (B, in_chans, H, W) or smaller than `min_size` (`why` says why)."""
+def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, model: str, why: str = '',
+                      weight: Optional[torch.Tensor] = None) -> None:
+    """Raise a clear error for a batch that is not (B, in_chans, H, W) or smaller than `min_size` (`why` says why);
+    with `weight` (a parameter of the model), also for an input dtype the model cannot take (`check_input_dtype`)."""
     if x.dim() != 4:
         raise ValueError(f"{model}: expected an image batch (B, {in_chans}, H, W), got shape {tuple(x.shape)}")
     if x.shape[1] != in_chans:
@@ -86,6 +98,20 @@ def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, model: str,
     if x.shape[-2] < min_size or x.shape[-1] < min_size:
         raise ValueError(f"{model}: input {x.shape[-2]}x{x.shape[-1]} is smaller than the minimum "
                          f"{min_size}x{min_size}{' ' + why if why else ''}")
+    if weight is not None:
+        check_input_dtype(x, weight, model)
+
+
+@register_notrace_function
+def check_input_dtype(x: torch.Tensor, weight: torch.Tensor, model: str) -> None:
+    """Raise a clear TypeError unless x is floating point with the dtype of the model's `weight`; under
+    torch.autocast any floating dtype is accepted (autocast casts the inputs of each op itself)."""
+    if not x.is_floating_point():
+        raise TypeError(f"{model}: expected a floating-point input ({weight.dtype}, normalized as the model's "
+                        f"pretrained_cfg mean/std say), got {x.dtype}; convert it, e.g. x.float() / 255 then normalize")
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"{model}: input dtype {x.dtype} differs from the model's {weight.dtype}; cast the input "
+                        f"(x.to({weight.dtype})), convert the model (model.to({x.dtype})), or run under torch.autocast")
 
 
 @register_notrace_function
@@ -94,3 +120,56 @@ def check_range(x: torch.Tensor, low: int, high: int, what: str, interval: str =
     if x.numel() and (x.min() < low or x.max() > high):
         raise ValueError(f"{what} must lie in {interval or f'[{low}, {high}]'}, "
                          f"got min {int(x.min())}, max {int(x.max())}")
+
+
+# Keyword arguments that timm's create_model / build_model_with_cfg take for themselves (never seen by a model class).
+BUILD_KWARGS = frozenset({'pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'pretrained_model_args', 'pruned',
+                          'features_only', 'out_indices', 'feature_cls', 'feature_cfg'})
+
+
+def _rate_ok(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0
+
+
+def check_model_args(model: str, in_chans=None, num_classes=None, drop_rate=None, drop_path_rate=None,
+                     stochastic_depth: bool = True) -> None:
+    """Raise a clear ValueError for a model argument outside its allowed values (None: not checked).
+
+    in_chans >= 1; num_classes >= 0 (0: no classifier, the head returns pooled features); drop_rate and
+    drop_path_rate in [0, 1); without stochastic depth (`stochastic_depth=False`) drop_path_rate must be 0, the value
+    timm's train.py passes to every model unless told otherwise.
+    """
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if in_chans is not None and not (is_int(in_chans) and in_chans >= 1):
+        raise ValueError(f"{model}: in_chans must be an integer >= 1, got {in_chans!r}")
+    if num_classes is not None and not (is_int(num_classes) and num_classes >= 0):
+        raise ValueError(f"{model}: num_classes must be an integer >= 0 (0: no classifier), got {num_classes!r}")
+    for name, value in (('drop_rate', drop_rate), ('drop_path_rate', drop_path_rate)):
+        if value is not None and not _rate_ok(value):
+            raise ValueError(f"{model}: {name} must be a number in [0, 1), got {value!r}")
+    if not stochastic_depth and drop_path_rate:
+        raise ValueError(f"{model}: this model has no stochastic depth, so drop_path_rate must be 0 "
+                         f"(accepted for timm's train.py, which passes it to every model), got {drop_path_rate!r}")
+
+
+def _parameters(target: Callable) -> set:
+    """Names of the keyword arguments a class or function accepts (without self, *args, **kwargs)."""
+    fn = target.__init__ if inspect.isclass(target) else target
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {n for n, p in inspect.signature(fn).parameters.items() if p.kind in kinds and n != 'self'}
+
+
+def check_kwargs(model: str, kwargs: Iterable[str], *targets: Callable, exclude: Iterable[str] = (),
+                 what: str = 'argument') -> None:
+    """Raise a TypeError naming every key of `kwargs` that none of `targets` (classes or functions) accepts, and the
+    accepted names. `exclude`: names the caller sets itself. Model arguments (`what='argument'`) may also be timm's
+    own (`BUILD_KWARGS`); other dicts (e.g. `what='layer_kwargs key'`) only what the targets take."""
+    accepted = set().union(*(_parameters(t) for t in targets)) - set(exclude)
+    allowed = accepted | BUILD_KWARGS if what == 'argument' else accepted
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        plural = 's' if len(unknown) > 1 else ''
+        raise TypeError(f"{model}: unknown {what}{plural} {', '.join(map(repr, unknown))}; accepted: "
+                        f"{', '.join(sorted(accepted))}")

@@ -41,7 +41,8 @@ from timm.models import (
 from timm.models._features import feature_take_indices
 
 from kernels import WINOGRAD_KERNEL_SIZES, conv2d_winograd, winograd_supported
-from .layers import check_image_input
+from ._pretrained import pretrained_weights
+from .layers import check_image_input, check_kwargs, check_model_args
 
 __all__ = ['GroupSampler', 'LiftingConv2d', 'GroupConv2d', 'LieGroupResNet', 'polar_coordinates']
 
@@ -491,6 +492,8 @@ class LieGroupResNet(nn.Module):
         eval_spd: positive-definite factor of the fixed evaluation samples: 'sampled' (drawn from eval_seed) or
             'identity' (the log-normal's median, so the samples are the rotations alone; with the stratified sampler,
             the centre of each cell).
+        drop_rate: dropout in the head MLP. drop_path_rate: accepted for timm's train.py; this model has no
+            stochastic depth, so it must be 0.
         kernel_mlp: SIREN options (hidden, num_hidden, first_omega, omega, fold_omega); the paper: 60 wide, 3 sine
             layers, omega 10, not folded. The small configurations fold omega (see `KernelNet`).
     """
@@ -511,6 +514,7 @@ class LieGroupResNet(nn.Module):
             global_pool: str = 'max',
             head_hidden_size: int = 256,
             drop_rate: float = 0.3,
+            drop_path_rate: float = 0.0,
             rotation_sampler: str = 'equidistant',
             rotation_range: float = 1.0,
             spd_spread: float = 0.1,
@@ -524,6 +528,12 @@ class LieGroupResNet(nn.Module):
         super().__init__()
         if group not in ('sl2', 'gl2', 'none'):
             raise ValueError(f"group must be 'sl2', 'gl2' or 'none' (plain CNN), got {group!r}")
+        check_model_args('LieGroupResNet', in_chans=in_chans, num_classes=num_classes, drop_rate=drop_rate,
+                         drop_path_rate=drop_path_rate, stochastic_depth=False)
+        if not (isinstance(kernel_size, int) and kernel_size >= 1 and kernel_size % 2):
+            raise ValueError(f"LieGroupResNet: kernel_size must be an odd integer >= 1, got {kernel_size!r}")
+        check_kwargs('LieGroupResNet', kernel_mlp or {}, KernelNet, exclude=('in_features', 'out_features', 'fan_in'),
+                     what='kernel_mlp key')
         final_width = width if final_width is None else final_width
         if min(num_samples, width, final_width, depth) < 1:
             raise ValueError(f"num_samples, width, final_width and depth must be >= 1, "
@@ -645,7 +655,8 @@ class LieGroupResNet(nn.Module):
         """Stem, then the first `stop` stages: the (B, C, N, H, W) map where it stopped, and the group-pooled maps
         (B, C, H, W) after the stem (0) and after stage i - 1 (i) for every i in `collect`."""
         if not torch.jit.is_scripting():
-            check_image_input(x, self.in_chans, self.min_input_size, 'LieGroupResNet', self.min_size_reason)
+            check_image_input(x, self.in_chans, self.min_input_size, 'LieGroupResNet', self.min_size_reason,
+                              weight=self.head.fc1.weight)
         if self.input_pad:
             x = F.pad(x, [self.input_pad] * 4, value=self.pad_value)
         g, g_inv, _, g_final_inv = self.samples(x)
@@ -786,13 +797,15 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_liegroup(variant: str, pretrained: bool = False, **kwargs) -> LieGroupResNet:
+    check_kwargs(variant, kwargs, LieGroupResNet)
     depth = kwargs.get('depth', 1)
-    return build_model_with_cfg(
-        LieGroupResNet, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=tuple(range(depth + 2)), feature_cls='getter'),
-        **kwargs,
-    )
+    with pretrained_weights(variant, pretrained, kwargs):
+        return build_model_with_cfg(
+            LieGroupResNet, variant, pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=tuple(range(depth + 2)), feature_cls='getter'),
+            **kwargs,
+        )
 
 
 # The CPU configurations (not in the paper; how each value was chosen: docs/liegroup.md): 4 samples per layer with

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from timm.models import (
     checkpoint_seq, generate_default_cfgs, load_pretrained, register_model, resolve_pretrained_cfg)
 
-from .layers import check_range
+from ._pretrained import pretrained_weights
+from .layers import check_input_dtype, check_kwargs, check_model_args, check_range
 from .s4d import S4D
 from .sgconv import SGConv
 
@@ -84,6 +85,8 @@ class SeqNet(nn.Module):
         dropout, tie_dropout: dropout in each layer and on each residual branch; tied = whole features dropped for
             the full sequence.
         global_pool: 'avg' (mean over valid positions) or 'last' (last valid position).
+        drop_rate: dropout before the classifier (timm's convention).
+        drop_path_rate: accepted for timm's train.py; these blocks have no stochastic depth, so it must be 0.
         layer_kwargs: arguments for the layer (S4D: init, disc, d_state, lr, ...; SGConv: kernel_dim, mode, ...).
         kernel_backend: 'auto' | 'torch' | 'triton', for `kernels.longconv`.
     """
@@ -105,6 +108,8 @@ class SeqNet(nn.Module):
             global_pool: str = 'avg',
             layer_kwargs: Optional[dict] = None,
             kernel_backend: str = 'auto',
+            drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
     ):
         super().__init__()
         if layer not in SEQUENCE_LAYERS:
@@ -113,6 +118,16 @@ class SeqNet(nn.Module):
             raise ValueError("give exactly one of vocab_size (token inputs) and in_chans (pixel / feature inputs)")
         if num_docs not in (1, 2):
             raise ValueError(f"num_docs must be 1 or 2 (retrieval), got {num_docs}")
+        check_model_args('SeqNet', in_chans=in_chans, num_classes=num_classes, drop_rate=drop_rate,
+                         drop_path_rate=drop_path_rate, stochastic_depth=False)
+        for name, value, low in (('vocab_size', vocab_size, 1), ('seq_len', seq_len, 1), ('embed_dim', embed_dim, 1),
+                                 ('depth', depth, 0)):
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+                raise ValueError(f"SeqNet: {name} must be an integer >= {low}, got {value!r}")
+        if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+            raise ValueError(f"SeqNet: dropout must be a number in [0, 1), got {dropout!r}")
+        check_kwargs('SeqNet', layer_kwargs or {}, SEQUENCE_LAYERS[layer], exclude=('d_model',),
+                     what=f'layer_kwargs key (for {layer})')
         self._check_pool(global_pool)
         self.num_classes = num_classes
         self.vocab_size, self.in_chans, self.seq_len, self.num_docs = vocab_size, in_chans, seq_len, num_docs
@@ -133,6 +148,7 @@ class SeqNet(nn.Module):
         # Retrieval: [a, b, a - b, a * b] -> Linear(4H, H) -> GELU, then the classifier
         self.pre_logits = nn.Sequential(nn.Linear(4 * embed_dim, embed_dim), nn.GELU()) if num_docs == 2 \
             else nn.Identity()
+        self.head_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     @staticmethod
@@ -158,6 +174,7 @@ class SeqNet(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        check_model_args('SeqNet', num_classes=num_classes)
         self.num_classes = num_classes
         if global_pool is not None:
             self._check_pool(global_pool)
@@ -168,9 +185,10 @@ class SeqNet(nn.Module):
         """Checked input -> (B * num_docs, H, L)."""
         if self.vocab_size is not None:
             shape = '(B, 2, L)' if self.num_docs == 2 else '(B, L)'
-            if x.is_floating_point() or x.is_complex() or x.dim() != (3 if self.num_docs == 2 else 2) or \
+            if x.dtype not in (torch.int64, torch.int32) or x.dim() != (3 if self.num_docs == 2 else 2) or \
                     (self.num_docs == 2 and x.shape[1] != 2):
-                raise ValueError(f"expected integer token ids of shape {shape}, got {x.dtype} {tuple(x.shape)}")
+                raise ValueError(f"expected integer token ids of shape {shape} (int64 or int32), got {x.dtype} "
+                                 f"{tuple(x.shape)}")
             if not x.is_cuda:  # reading values back from a GPU would stall every forward; the DataModules check
                 check_range(x, 0, self.vocab_size - 1, 'token ids', f'[0, {self.vocab_size}) (vocab_size)')
             x = x.flatten(0, 1) if self.num_docs == 2 else x
@@ -182,6 +200,10 @@ class SeqNet(nn.Module):
             elif x.dim() != 3 or x.shape[-1] != self.in_chans:
                 raise ValueError(f"expected (B, C={self.in_chans}, H, W) images or (B, L, C={self.in_chans}) "
                                  f"sequences, got shape {tuple(x.shape)}")
+            check_input_dtype(x, self.encoder.weight, 'SeqNet')
+        if x.shape[1] < 1:
+            raise ValueError(f"the sequence length L must be >= 1, got an empty sequence (input shape "
+                             f"{tuple(x.shape)})")
         if x.shape[1] > self.seq_len:
             raise ValueError(f"sequence length {x.shape[1]} exceeds the model's seq_len {self.seq_len}")
         return self.encoder(x).transpose(1, 2)
@@ -205,6 +227,8 @@ class SeqNet(nn.Module):
         lengths = torch.as_tensor(lengths, device=x.device)
         if lengths.shape != x.shape[:-2]:
             raise ValueError(f"lengths must have shape {tuple(x.shape[:-2])}, got {tuple(lengths.shape)}")
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise ValueError(f"lengths must be integers (int64) in [1, {L}], got {lengths.dtype}")
         if not lengths.is_cuda:
             check_range(lengths, 1, L, 'lengths')
         if self.global_pool == 'avg':
@@ -218,7 +242,7 @@ class SeqNet(nn.Module):
         if self.num_docs == 2:
             a, b = x.unbind(1)
             x = torch.cat((a, b, a - b, a * b), dim=-1)
-        x = self.pre_logits(x)
+        x = self.head_drop(self.pre_logits(x))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -231,13 +255,16 @@ def _create_seqnet(variant: str, pretrained: bool = False, **kwargs) -> SeqNet:
         variant, pretrained_cfg=kwargs.pop('pretrained_cfg', None),
         pretrained_cfg_overlay=kwargs.pop('pretrained_cfg_overlay', None))
     cache_dir, device, dtype = kwargs.pop('cache_dir', None), kwargs.pop('device', None), kwargs.pop('dtype', None)
+    check_kwargs(variant, kwargs, SeqNet)
     kwargs.setdefault('num_classes', cfg.num_classes)
     model = SeqNet(**kwargs)
     model.pretrained_cfg = model.default_cfg = cfg.to_dict()
-    if pretrained:
-        # first_conv=None: no RGB-to-in_chans weight adaptation, the encoder is an embedding or a per-channel linear
-        load_pretrained(model, {**model.pretrained_cfg, 'first_conv': None}, num_classes=model.num_classes,
-                        cache_dir=cache_dir)
+    with pretrained_weights(variant, pretrained, dict(pretrained_cfg=cfg.to_dict())):
+        if pretrained:
+            # first_conv=None: no RGB-to-in_chans weight adaptation, the encoder is an embedding or a per-channel
+            # linear
+            load_pretrained(model, {**model.pretrained_cfg, 'first_conv': None}, num_classes=model.num_classes,
+                            cache_dir=cache_dir)
     return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
 
 

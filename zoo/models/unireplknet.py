@@ -30,8 +30,9 @@ from timm.models import (
 from timm.models._features import feature_take_indices
 
 from kernels import check_backend, dwconv2d
+from ._pretrained import pretrained_weights
 from ._state_dict import unwrap_state_dict
-from .layers import check_image_input
+from .layers import check_image_input, check_kwargs, check_model_args
 
 __all__ = ['UniRepLKNet', 'UniRepLKNetBlock', 'DilatedReparamBlock']
 
@@ -388,6 +389,8 @@ class UniRepLKNet(nn.Module):
         if len(kernel_sizes) != 4 or tuple(len(k) for k in kernel_sizes) != depths:
             raise ValueError(f"kernel_sizes {kernel_sizes} do not match depths {depths}")
         check_backend(kernel_backend)
+        check_model_args('UniRepLKNet', in_chans=in_chans, num_classes=num_classes, drop_rate=drop_rate,
+                         drop_path_rate=drop_path_rate)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -517,7 +520,7 @@ class UniRepLKNet(nn.Module):
         stage's output when it is taken."""
         if output_fmt != 'NCHW':
             raise ValueError(f"UniRepLKNet intermediates are NCHW, got output_fmt={output_fmt!r}")
-        check_image_input(x, self.in_chans, 1, 'UniRepLKNet')
+        check_image_input(x, self.in_chans, 1, 'UniRepLKNet', weight=self.downsample_layers[0][0].weight)
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last_idx = len(self.stages) - 1
@@ -554,7 +557,7 @@ class UniRepLKNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            check_image_input(x, self.in_chans, 1, 'UniRepLKNet')
+            check_image_input(x, self.in_chans, 1, 'UniRepLKNet', weight=self.downsample_layers[0][0].weight)
         for i, (downsample, stage) in enumerate(zip(self.downsample_layers, self.stages)):
             x = downsample(x)
             if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -747,14 +750,16 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_unireplknet(variant: str, pretrained: bool = False, **kwargs) -> UniRepLKNet:
-    return build_model_with_cfg(
-        UniRepLKNet, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        # Stem/downsampling and blocks sit in separate ModuleLists (official layout): features via
-        # forward_intermediates.
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
-        **kwargs,
-    )
+    check_kwargs(variant, kwargs, UniRepLKNet)
+    with pretrained_weights(variant, pretrained, kwargs):
+        return build_model_with_cfg(
+            UniRepLKNet, variant, pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            # Stem/downsampling and blocks sit in separate ModuleLists (official layout): features via
+            # forward_intermediates.
+            feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+            **kwargs,
+        )
 
 
 @register_model
