@@ -43,17 +43,19 @@ def _acl_tree(root):
 @pytest.mark.parametrize('layout', [_parquet, _arrow, _acl_tree])
 def test_imdb_layouts(tmp_path, layout):
     layout(tmp_path)
-    dm = IMDBDataModule(str(tmp_path), l_max=8, min_freq=2, batch_size=3)
+    dm = IMDBDataModule(str(tmp_path), l_max=8, min_freq=2, batch_size=3, val_split=0.5)
     info = dm.describe()
-    assert [info[s]['size'] for s in ('train', 'val', 'test')] == [3, 2, 2]   # val is the test split
-    assert sorted(info['train']['label_counts']) == [1, 2]
+    assert [info[s]['size'] for s in ('train', 'val', 'test')] == [2, 1, 2]   # val: held out of the 3 train reviews
+    assert [a + b for a, b in zip(info['train']['label_counts'], info['val']['label_counts'])] == [1, 2]
+    # test stays out of checkpoint selection: val comes from the train reviews, disjoint from the ones trained on
+    assert not set(dm.data_val.indices) & set(dm.data_train.indices) and dm.data_test is not dm.data_val.dataset
     assert info['overlong_count']['train'] == 2                             # cut to 7 chars + EOS
     # vocabulary from the cut train reviews ('a good ', 'bad bad', 'good'), chars seen >= 2 times, by count then
     # alphabetically (torchtext order): d 4, o 4, ' ' 3, a 3, b 2, g 2
     assert dm.vocab.itos == ['<pad>', '<unk>', '<eos>', 'd', 'o', ' ', 'a', 'b', 'g']
     assert dm.vocab['f'] == dm.vocab['<unk>']
     x, y, extras = next(iter(dm.train_dataloader()))
-    assert x.shape[0] == 3 and x.shape[1] == int(extras['lengths'].max()) <= 8
+    assert x.shape[0] == 2 and x.shape[1] == int(extras['lengths'].max()) <= 8
 
 
 def test_imdb_missing_lists_expected_files(tmp_path):

@@ -255,9 +255,13 @@ def test_digits_split_is_fixed_and_stratified():
     from zoo.data.digits import DigitsDataModule
     a, b = DigitsDataModule(img_size=32), DigitsDataModule(img_size=32)
     stats = a.describe()
-    assert stats['train'] == 4500 and stats['val'] == 500 and set(stats['val_per_class']) == {50}
+    assert (stats['train'], stats['val'], stats['test']) == (4000, 500, 500)
+    assert set(stats['val_per_class']) == set(stats['test_per_class']) == {50}
     b.setup()
-    assert torch.equal(a.val_set.images, b.val_set.images)
+    assert torch.equal(a.val_set.images, b.val_set.images) and torch.equal(a.test_set.images, b.test_set.images)
+    # The held-out test images were neither trained on nor used to select checkpoints.
+    train, val, test = (set(a.split_indices[s].tolist()) for s in ('train', 'val', 'test'))
+    assert not (test & val) and not (test & train) and not (val & train) and len(train | val | test) == 5000
     x, y = a.train_set[0]
     assert x.shape == (1, 32, 32) and 0 <= int(y) < 10
     with pytest.raises(ValueError, match='in_chans'):

@@ -31,8 +31,12 @@ def _check_split_dir(root: str, split: str) -> str:
 class ImageFolderDataModule(pl.LightningDataModule):
     """Train / val (/ test) splits of an ImageFolder tree.
 
+    Val selects checkpoints, so it is not a test split: without `test_split` (ImageNet has no labelled test set)
+    there is none, `has_test_split` is False and `test_dataloader` refuses; training then reports val metrics only.
+
     Args:
         root: the dataset root holding one directory per split.
+        test_split: a split directory disjoint from train and val, for held-out test metrics (optional).
         model_name: timm model whose pretrained cfg gives the data config (input size, crop, mean/std...).
         img_size: override of the cfg's input size (square).
         aug: timm `create_transform` training arguments (auto_augment, re_prob, re_mode, re_count, hflip,
@@ -52,7 +56,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
             aug: Optional[dict] = None,
     ):
         super().__init__()
+        if test_split is not None and test_split in (train_split, val_split):
+            raise ValueError(f"ImageFolderDataModule: test_split {test_split!r} must be a directory other than "
+                             f"train_split {train_split!r} and val_split {val_split!r} (val selects checkpoints)")
         self.save_hyperparameters()
+        self.has_test_split = test_split is not None
         self.root = os.path.expanduser(str(root))
         self.batch_size, self.num_workers = batch_size, num_workers
         self.in_chans = 3
@@ -97,4 +105,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return self._loader(self.val_set)
 
     def test_dataloader(self):
-        return self._loader(self.test_set if self.test_set is not None else self.val_set)
+        if not self.has_test_split:
+            raise ValueError(f"ImageFolderDataModule: no test split under {self.root} (data.test_split is not set); "
+                             f"the val split selects checkpoints, so it is not reported as test. Set data.test_split "
+                             f"to a directory laid out as {LAYOUT.format(split='<test_split>')}, or evaluate with "
+                             f"split=val")
+        if self.test_set is None:
+            self.setup('test')
+        return self._loader(self.test_set)

@@ -1,8 +1,9 @@
 """LRA Text: IMDB movie-review sentiment at byte (character) level, L = 4096 (S4 pipeline).
 
-Characters are tokens; the vocabulary keeps characters seen at least ``min_freq`` = 15 times in train (~135 with
-specials); each review is cut to l_max - 1 characters and gets an EOS. As in LRA and S4 (``val_split 0.0``), the
-25k test reviews double as the validation split.
+Characters are tokens; the vocabulary keeps characters seen at least ``min_freq`` = 15 times in the 25k train reviews
+(~135 with specials, as in S4); each review is cut to l_max - 1 characters and gets an EOS. LRA and S4 validate on
+the 25k test reviews; here validation is a seeded ``val_split`` (10%) of the train reviews, so the test reviews, and
+the test metrics, stay out of checkpoint selection.
 
 Accepted layouts under ``data_dir`` (first match wins):
   * Hugging Face ``imdb`` parquet: ``plain_text/{train,test}-*.parquet`` or ``{train,test}-*.parquet``
@@ -16,9 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import Subset
 
 from .common import (LRADataError, LRADataModule, RaggedTokens, TokenDataset, Vocab, check_label, collate_tokens,
-                     missing_data_error, truncate_tokens)
+                     missing_data_error, seeded_split, truncate_tokens)
 
 # One of these layouts (paths relative to data_dir)
 EXPECTED = ['plain_text/{train,test}-00000-of-00001.parquet  (Hugging Face imdb parquet)',
@@ -90,16 +92,21 @@ def read_imdb_split(root: Path, split: str):
 
 
 class IMDBDataModule(LRADataModule):
-    """IMDB bytes: 2 classes, tokens (B, L <= 4096) with lengths; val = test as in LRA."""
+    """IMDB bytes: 2 classes, tokens (B, L <= 4096) with lengths; val is a seeded `val_split` of the train reviews
+    (`split_seed`), test the 25k test reviews."""
 
     task = 'text'
     num_classes = 2
     collate_fn = staticmethod(collate_tokens)
 
     def __init__(self, data_dir: str, l_max: int = 4096, min_freq: int = 15, append_eos: bool = True,
-                 overlength: str = 'truncate', **loader_kw):
+                 overlength: str = 'truncate', val_split: float = 0.1, split_seed: int = 42, **loader_kw):
         super().__init__(data_dir, **loader_kw)
+        if not 0 < val_split < 1:
+            raise ValueError(f"IMDBDataModule: val_split (the fraction of train reviews held out for validation) must "
+                             f"be in (0, 1), got {val_split}")
         self.seq_len, self.min_freq, self.append_eos, self.overlength = l_max, min_freq, append_eos, overlength
+        self.val_split, self.split_seed = val_split, split_seed
         self.vocab, self.overlong = None, {}
 
     @property
@@ -122,7 +129,12 @@ class IMDBDataModule(LRADataModule):
                                                                for t, _ in rows])],
                                       np.asarray([y for _, y in rows], dtype=np.int64))
                   for split, rows in tokenized.items()}
-        return splits['train'], splits['test'], splits['test']
+        train_idx, val_idx = seeded_split(len(splits['train']), (1 - self.val_split, self.val_split), self.split_seed)
+        if len(val_idx) == 0 or len(train_idx) == 0:
+            raise LRADataError(f"{self.data_dir}: val_split={self.val_split} of {len(splits['train'])} train reviews "
+                               f"leaves an empty train or validation split")
+        train = splits['train']
+        return Subset(train, np.sort(train_idx)), Subset(train, np.sort(val_idx)), splits['test']
 
     def extra_stats(self) -> dict:
-        return {'overlength': self.overlength, 'overlong_count': self.overlong, 'val_is_test': True}
+        return {'overlength': self.overlength, 'overlong_count': self.overlong, 'val_split': self.val_split}
