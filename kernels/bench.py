@@ -6,6 +6,10 @@
 - longconv: our Triton-fused cuFFT path against the torch.fft reference.
 - winograd: `conv2d_winograd` against `F.conv2d` (float32, on the CPU where the Lie-group models use it).
 
+With `compile_backend` (`python -m zoo.bench --kernel OP --torchcompile`), `run_case` also times `torch.compile` of
+the fastest eager PyTorch implementation (`compiled_<impl>`, static shapes, compiled afresh for each case);
+`compile_s` is the wall time of its first forward and first forward + backward calls (compilation included).
+
 A case is built from the same description `kernels.record_calls` gives of a call (shapes and options), so the
 shapes can come from a model: `python -m zoo.bench --kernel OP --model NAME` (see zoo/bench.py).
 Timing: CUDA events around `iters` back-to-back calls after `warmup` calls on a GPU, `time.perf_counter` on a CPU.
@@ -14,6 +18,7 @@ a forward moves (input and weights read once, output written once); `fwd_pct_pea
 `speedup_*` = best PyTorch time / best time of ours (Triton or Winograd).
 """
 import time
+from functools import partial
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -173,26 +178,79 @@ def peak_gbps(device: torch.device) -> Optional[float]:
     return next((gbps for key, gbps in PEAK_GBPS if key in name), None)
 
 
+def _time_impl(row: Dict, name: str, fn, inputs, grad_out, fwd_bytes: int, device, bench: str, warmup: int,
+               iters: int):
+    """Add `<name>_fwd_ms` / `_fwd_gbps` / `_fwdbwd_ms` to row, or `<name>_error` (the other implementations go on)."""
+    try:
+        if bench in ('forward', 'both'):
+            with torch.no_grad():
+                row[f'{name}_fwd_ms'] = _sig(time_ms(lambda: fn(*inputs), device, warmup, iters))
+            row[f'{name}_fwd_gbps'] = _sig(fwd_bytes / row[f'{name}_fwd_ms'] / 1e6)
+        if bench in ('train', 'both'):
+            row[f'{name}_fwdbwd_ms'] = _sig(time_ms(_fwd_bwd(fn, inputs, grad_out), device, warmup, iters))
+    except Exception as e:
+        row[f'{name}_error'] = f'{type(e).__name__}: {e}'.splitlines()[0][:200]
+
+
+def _first_call_s(fn, device) -> float:
+    """Wall seconds of one call (for a compiled function's first call: tracing and compilation included)."""
+    t0 = time.perf_counter()
+    fn()
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def _add_compiled(row: Dict, implementations: Dict, grad_out, fwd_bytes: int, device, bench: str, warmup: int,
+                  iters: int, backend: str):
+    """Time torch.compile(backend) of the fastest eager PyTorch implementation as `compiled_<impl>`."""
+    phase = 'fwd' if bench in ('forward', 'both') else 'fwdbwd'
+    eager = {k[:-len(f'_{phase}_ms')]: v for k, v in row.items()
+             if k.endswith(f'_{phase}_ms') and not k.startswith(OURS) and k[:-len(f'_{phase}_ms')] in implementations}
+    if not eager:
+        return
+    import torch._dynamo
+
+    best = min(eager, key=eager.get)
+    fn, inputs = implementations[best]
+    torch._dynamo.reset()  # a fresh cache per case: no recompile limit, no shapes turned dynamic by earlier cases
+    compiled = torch.compile(fn, backend=backend, dynamic=False)
+    name = f'compiled_{best}'
+    row['torch_compile_impl'], row['torch_compile_backend'] = best, backend
+    try:
+        seconds = 0.
+        if bench in ('forward', 'both'):
+            with torch.no_grad():
+                seconds += _first_call_s(lambda: compiled(*inputs), device)
+        if bench in ('train', 'both'):
+            seconds += _first_call_s(_fwd_bwd(compiled, inputs, grad_out), device)
+        row['compile_s'] = round(seconds, 2)
+    except Exception as e:  # a reference that does not compile keeps its eager rows
+        row[f'{name}_error'] = f'{type(e).__name__}: {e}'.splitlines()[0][:200]
+        return
+    _time_impl(row, name, compiled, inputs, grad_out, fwd_bytes, device, bench, warmup, iters)
+
+
 def run_case(op: str, case, device: torch.device, dtype: torch.dtype, bench: str = 'both', warmup: int = 10,
-             iters: int = 50, impls: Optional[List[str]] = None, peak: Optional[float] = None) -> Dict:
-    """Time every implementation of one case; one row with `<impl>_fwd_ms`, `<impl>_fwdbwd_ms`, speedups."""
+             iters: int = 50, impls: Optional[List[str]] = None, peak: Optional[float] = None,
+             compile_backend: Optional[str] = None) -> Dict:
+    """Time every implementation of one case; one row with `<impl>_fwd_ms`, `<impl>_fwdbwd_ms`, speedups.
+
+    compile_backend: also time `torch.compile(fastest eager PyTorch implementation, backend=compile_backend)`.
+    """
     info, implementations, fwd_bytes, out_shape = case
     triton_runs = triton_available() and (device.type == 'cuda' or interpret_mode())
     row = dict(kernel=op, **info, dtype=str(dtype).removeprefix('torch.'),
                device=torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu')
     grad_out = torch.randn(out_shape, device=device, dtype=dtype)
+    time_impl = partial(_time_impl, row, grad_out=grad_out, fwd_bytes=fwd_bytes, device=device, bench=bench,
+                        warmup=warmup, iters=iters)
     for name, (fn, inputs) in implementations.items():
         if (impls and name not in impls) or (name.startswith('triton') and not triton_runs):
             continue
-        try:
-            if bench in ('forward', 'both'):
-                with torch.no_grad():
-                    row[f'{name}_fwd_ms'] = _sig(time_ms(lambda: fn(*inputs), device, warmup, iters))
-                row[f'{name}_fwd_gbps'] = _sig(fwd_bytes / row[f'{name}_fwd_ms'] / 1e6)
-            if bench in ('train', 'both'):
-                row[f'{name}_fwdbwd_ms'] = _sig(time_ms(_fwd_bwd(fn, inputs, grad_out), device, warmup, iters))
-        except Exception as e:  # record and go on with the other implementations
-            row[f'{name}_error'] = f'{type(e).__name__}: {e}'.splitlines()[0][:200]
+        time_impl(name, fn, inputs)
+    if compile_backend:
+        _add_compiled(row, implementations, grad_out, fwd_bytes, device, bench, warmup, iters, compile_backend)
     for phase in ('fwd', 'fwdbwd'):
         ours = [v for k, v in row.items() if k.startswith(OURS) and k.endswith(f'_{phase}_ms')]
         theirs = {k: v for k, v in row.items() if not k.startswith(OURS) and k.endswith(f'_{phase}_ms')}

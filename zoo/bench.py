@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                              'winograd)')
     parser.add_argument('--channels-last', action='store_true', help='channels_last memory format for 4-D inputs')
     parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND',
-                        help='torch.compile the model (default backend inductor)')
+                        help='torch.compile the model (default backend inductor); with --kernel, also time '
+                             'torch.compile of the fastest PyTorch implementation')
     parser.add_argument('--torchcompile-mode', default=None, help='torch.compile mode')
     parser.add_argument('--reparam', action='store_true', help='timm.utils.reparameterize_model before timing')
     parser.add_argument('--grad-checkpointing', action='store_true', help='model.set_grad_checkpointing()')
@@ -103,9 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                              ', '.join(f'{op}: {m}' for op, m in KERNEL_MODELS.items()) + ')')
     kernel.add_argument('--channels', type=int, default=None, metavar='C',
                         help='one shape instead of a model\'s: C channels (with --img-size / --seq-len)')
-    kernel.add_argument('--kernel-size', type=int, default=None, metavar='K',
-                        help='with --channels: dwconv2d K x K (default 13), inception_dw square kernel (default 3), '
-                             'winograd 3 or 5 (default 5)')
+    kernel.add_argument('--kernel-size', type=_kernel_size, default=None, metavar='K',
+                        help='with --channels: dwconv2d K x K or KHxKW such as 1x11 (default 13), inception_dw square '
+                             'kernel (default 3), winograd 3 or 5 (default 5)')
     kernel.add_argument('--band-kernel-size', type=int, default=11, metavar='K', help='inception_dw band length')
     kernel.add_argument('--branch-ratio', type=float, default=0.125, help='inception_dw channels per branch / C')
     kernel.add_argument('--dilation', type=int, default=1, help='dwconv2d dilation')
@@ -116,6 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     kernel.add_argument('--impl', action='append', default=None, metavar='NAME',
                         help='only these implementations (repeatable; see the keys of the output)')
     return parser
+
+
+def _kernel_size(text: str):
+    """`--kernel-size`: K, or KHxKW (a non-square dwconv2d kernel such as 1x11)."""
+    parts = text.lower().split('x')
+    try:
+        sizes = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K or KHxKW, got {text!r}") from None
+    if len(sizes) not in (1, 2) or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected K or KHxKW with positive sizes, got {text!r}")
+    return sizes[0] if len(sizes) == 1 else sizes
 
 
 def resolve_model_names(patterns: List[str]) -> List[str]:
@@ -413,8 +426,11 @@ def explicit_kernel_call(args) -> dict:
     side = args.img_size or 56
     if op == 'dwconv2d':
         k = args.kernel_size or 13
-        return dict(x=(1, C, side, side), weight=(C, 1, k, k), padding=kernels.same_padding((k, k), args.dilation),
+        kh, kw = k if isinstance(k, tuple) else (k, k)
+        return dict(x=(1, C, side, side), weight=(C, 1, kh, kw), padding=kernels.same_padding((kh, kw), args.dilation),
                     dilation=(args.dilation, args.dilation))
+    if isinstance(args.kernel_size, tuple):
+        raise SystemExit(f"zoo.bench: --kernel-size KHxKW is for dwconv2d; {op} takes one size")
     if op == 'inception_dw':
         k, band = args.kernel_size or 3, args.band_kernel_size
         return dict(x=(1, C, side, side), kernel_sizes=((k, k), (1, band), (band, 1)),
@@ -454,14 +470,23 @@ def run_kernel_benchmarks(args) -> List[Dict]:
         for call in calls:
             case = kernel_bench.make_case(args.kernel, call, batch, device, dtype, not args.no_tensor_cores)
             row = kernel_bench.run_case(args.kernel, case, device, dtype, phase, args.num_warm_iter,
-                                        args.num_bench_iter, args.impl, kernel_bench.peak_gbps(device))
+                                        args.num_bench_iter, args.impl, kernel_bench.peak_gbps(device),
+                                        compile_backend=args.torchcompile)
             row = {'model': name, **row} if name else row
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
 
 
-def main(argv: Optional[List[str]] = None) -> List[Dict]:
+def apply_model_defaults(args):
+    """The defaults of a model benchmark that depend on the mode: batch 256, float32."""
+    args.batch_size = args.batch_size or 256
+    args.precision = args.precision or 'float32'
+    return args
+
+
+def main(argv: Optional[List[str]] = None):
+    """The results: one dict per model or kernel case."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s', stream=sys.stderr)
     if args.kernel:
@@ -469,8 +494,7 @@ def main(argv: Optional[List[str]] = None) -> List[Dict]:
     else:
         if not args.model:
             raise SystemExit("zoo.bench: give at least one --model NAME (or --kernel OP)")
-        args.batch_size = args.batch_size or 256
-        args.precision = args.precision or 'float32'
+        apply_model_defaults(args)
         results = run_benchmarks(resolve_model_names(args.model), args)
         if args.plot:
             plot_results(args.plot, results, title=f"{args.precision} on {args.device}")
