@@ -164,3 +164,129 @@ def test_bad_arguments():
 def test_torchcompile_eager_backend():
     (r,) = bench.main(['--model', 'resnet10t', *TINY, '--torchcompile', 'eager'])
     assert 'error' not in r and r['train_samples_per_sec'] > 0
+
+
+def test_gpu_suite_dry_run_end_to_end(tmp_path, capsys):
+    """`python -m zoo.bench --suite gpu --dry-run`: every part runs (CPU, Triton interpreter) and writes its outputs."""
+    from zoo import gpu_suite
+
+    out = tmp_path / 'suite'
+    t0 = time.monotonic()
+    summary = bench.main(['--suite', 'gpu', '--dry-run', '--out', str(out)])
+    seconds = time.monotonic() - t0
+    assert summary['exit_code'] == 0, summary
+    assert sorted(p.name for p in out.iterdir()) == [
+        'kernels.csv', 'models.csv', 'report.md', 'results.json', 'summary.png', 'tests.csv', 'tests.log']
+    results = json.loads((out / 'results.json').read_text())
+    env = results['env']
+    command = f'python -m zoo.bench --suite gpu --dry-run --out {out}'
+    assert env['command'] == command and env['dry_run'] and env['torch'] == torch.__version__
+    assert env['triton_interpret'] == '1' and env['wall_s'] <= seconds + 1
+    parts = results['parts']
+    assert {name: part['status'] for name, part in parts.items()} == dict(tests='done', kernels='done', models='done')
+
+    # tests: pytest -m gpu over the GPU test files; without CUDA every test is collected and skipped
+    tests = parts['tests']
+    files = {r['test'].split('::')[0] for r in tests['rows']}
+    assert {'tests/test_kernels_gpu.py', 'tests/test_models_gpu.py'} <= files
+    assert tests['counts']['skipped'] == len(tests['rows']) > 20 and tests['returncode'] == 0
+
+    # kernels: one row per case, ours (Triton in the interpreter) and PyTorch's timed, torch.compile where asked
+    kernel_rows = parts['kernels']['rows']
+    assert [r['label'] for r in kernel_rows] == [c.label for c in gpu_suite.kernel_cases(dry_run=True)]
+    for r in kernel_rows:
+        assert not any('error' in k for k in r), r
+        assert r['triton_nchw_fwd_ms' if r['kernel'] != 'longconv' else 'triton_fwd_ms'] > 0
+        assert r['speedup_fwd'] > 0 and r['speedup_fwdbwd'] > 0
+        assert r['command'].startswith(f"python -m zoo.bench --kernel {r['kernel']} ")
+    assert kernel_rows[-1]['torch_compile_backend'] == 'eager' and kernel_rows[-1]['compile_s'] > 0
+    assert kernel_rows[0]['kernel_size'] == '1x3'  # --kernel-size KHxKW
+
+    # models: every model with the kernels on and off, each row a zoo.bench command
+    model_rows = parts['models']['rows']
+    assert {r['model'] for r in model_rows} == {
+        'inceptionnext_tiny', 'unireplknet_t', 's4d_lra_pathx', 'sgconv_lra_pathx', 'liegroup_gl2'}
+    assert all('error' not in r for r in model_rows), [r for r in model_rows if 'error' in r]
+    pairs = gpu_suite.model_pairs(model_rows)
+    assert all(p['on'] > 0 and p['off'] > 0 and p['speedup'] > 0 for p in pairs)
+    assert {p['unit'] for p in pairs if p['model'].endswith('pathx')} == {'tokens/s'}
+    (r,) = [r for r in model_rows if r['model'] == 'unireplknet_t' and r['kernels_on']]
+    assert r['reparam'] and '--reparam' in r['command'] and '--kernel-backend triton' in r['command']
+    rerun = bench.main(r['command'].split()[3:4] + [a.strip("'") for a in r['command'].split()[4:]])
+    assert 'error' not in rerun[0]  # a row's command reruns it alone
+
+    # every table and CSV says what it was measured on and with which command
+    report = (out / 'report.md').read_text()
+    caption = gpu_suite.env_line(env)
+    assert report.count(caption) == 3 and '**Dry run**' in report
+    for name in ('tests.csv', 'kernels.csv', 'models.csv'):
+        header, *rows = (out / name).read_text().splitlines()
+        assert header.split(',')[-5:] == ['gpu', 'driver', 'torch', 'triton', 'command'] and rows
+    assert (out / 'summary.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert '"kernel": "longconv"' in capsys.readouterr().out  # the JSON rows stream to stdout as they come
+
+
+def test_gpu_suite_plan_is_runnable_and_uses_the_models_shapes():
+    """Every command of the GPU run parses; the kernel cases are shapes UniRepLKNet-T / InceptionNeXt-T run."""
+    import kernels
+    from zoo import gpu_suite
+
+    parser = bench.build_parser()
+    cases = gpu_suite.kernel_cases(dry_run=False)
+    calls = {}
+    for case in cases:
+        args = parser.parse_args(gpu_suite.kernel_flags(case, dry_run=False))
+        assert args.precision == 'bfloat16' and args.batch_size == (16 if case.op == 'longconv' else 64)
+        calls[case.label] = bench.explicit_kernel_call(args)
+    recorded = set()
+    for name in ('unireplknet_t', 'inceptionnext_tiny'):  # shapes only: the meta device computes nothing
+        with torch.device('meta'):
+            model = timm.create_model(name).eval()
+        with torch.no_grad(), kernels.record_calls() as seen:
+            model(torch.randn(1, 3, 224, 224, device='meta'))
+        recorded |= {(op, info['x'], info.get('weight', info.get('kernel_sizes')), info.get('dilation'))
+                     for op, info in seen}
+    from_models = [c.label for c in cases if 'UniRepLKNet-T' in c.label or 'InceptionNeXt-T' in c.label]
+    assert len(from_models) == 10
+    for label in from_models:
+        call = calls[label]
+        key = (cases[[c.label for c in cases].index(label)].op, call['x'],
+               call.get('weight', call.get('kernel_sizes')), call.get('dilation'))
+        assert key in recorded, label
+    assert {(c['u'][1:], c['bidirectional']) for c in calls.values() if 'u' in c} == {
+        ((256, L), bi) for L in (1024, 4096, 16384) for bi in (False, True)}
+    assert calls['1x11 band']['weight'] == (96, 1, 1, 11) and calls['11x1 band']['weight'] == (96, 1, 11, 1)
+
+    runs = gpu_suite.model_runs(dry_run=False)
+    assert {r.model for r in runs} == {'inceptionnext_tiny', 'unireplknet_t', 's4d_lra_pathx', 'sgconv_lra_pathx',
+                                       'liegroup_gl2'}
+    for run in runs:
+        args = bench.apply_model_defaults(parser.parse_args(['--model', run.model, *run.flags]))
+        assert args.batch_size == (64 if run.model.endswith('pathx') else 128)
+        assert args.kernel_backend == (run.kernels if run.kernels in ('triton', 'torch') else None)
+        if run.kernels in ('winograd', 'direct'):
+            assert args.model_kwargs == {'conv_backend': run.kernels} and args.precision == 'float32'
+    groups = {(r.group, r.model): sorted(x.on for x in runs if (x.group, x.model) == (r.group, r.model)) for r in runs}
+    assert all(v == [False, True] for k, v in groups.items() if k != ('bf16', 'liegroup_gl2'))  # on / off pairs
+    paper = {(r.model, r.flags[r.flags.index('--bench') + 1]) for r in runs if 'paper' in r.group}
+    assert paper == {('inceptionnext_tiny', 'train'), ('unireplknet_t', 'inference')}
+
+    assert bench.build_parser().parse_args(['--kernel-size', '1x11']).kernel_size == (1, 11)
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(['--kernel-size', '1x'])
+
+
+def test_gpu_suite_budget_and_device_checks(tmp_path, monkeypatch):
+    # a budget too small for anything: every case is listed as not run, with its command, and the exit code says so
+    summary = bench.main(['--suite', 'gpu', '--dry-run', '--budget', '0.01', '--parts', 'kernels,models',
+                          '--out', str(tmp_path)])
+    assert summary['exit_code'] == 3
+    parts = summary['parts']
+    assert parts['tests']['status'] == 'not run (--parts)'
+    assert all(not p['rows'] and p['not_run'] and p['status'].startswith('stopped') for p in
+               (parts['kernels'], parts['models']))
+    report = (tmp_path / 'report.md').read_text()
+    assert 'Not run (time budget)' in report and parts['models']['not_run'][0]['command'] in report
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    with pytest.raises(SystemExit, match='no CUDA device here; `--dry-run`'):
+        bench.main(['--suite', 'gpu', '--out', str(tmp_path)])

@@ -11,6 +11,9 @@ Timing as in timm: warm-up steps, then timed steps measured with `time.perf_coun
 step on a GPU); `samples_per_sec` = samples / wall time of the timed loop, `step_time` = mean milliseconds per step.
 A train step is zero_grad, forward, cross-entropy on random targets, backward, SGD step.
 
+`--suite gpu [--out DIR] [--dry-run]` runs the GPU tests, the kernel micro-benchmarks and the model throughputs with
+the kernels on and off in one budgeted run and writes tables, CSV / JSON and a plot (zoo/gpu_suite.py, docs/gpu.md).
+
 Sequence models (registered from `zoo.models.seqnet`) take token ids when they expose `vocab_size` (cfg input_size
 `(L,)`, or `(2, L)` for retrieval) and images otherwise; they also report `*_tokens_per_sec`.
 """
@@ -116,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help='dwconv2d / inception_dw: direct kernels only (no tl.dot kernels for fp16/bf16 NCHW)')
     kernel.add_argument('--impl', action='append', default=None, metavar='NAME',
                         help='only these implementations (repeatable; see the keys of the output)')
+    suite = parser.add_argument_group('suite (docs/gpu.md)')
+    suite.add_argument('--suite', default=None, choices=('gpu',),
+                       help='gpu: the GPU tests, the kernel micro-benchmarks and the model throughputs with kernels '
+                            'on and off, in one run with a time budget, into --out (zoo/gpu_suite.py)')
+    suite.add_argument('--out', default=None, metavar='DIR',
+                       help='suite output folder (default outputs/bench/gpu-<UTC time>)')
+    suite.add_argument('--dry-run', action='store_true',
+                       help='the suite on the CPU in seconds: Triton interpreter, tiny shapes, one iteration')
+    suite.add_argument('--budget', type=float, default=None, metavar='SECONDS',
+                       help='suite wall-time budget (default 480; 120 for a dry run)')
+    suite.add_argument('--parts', default=None, metavar='LIST',
+                       help='comma-separated suite parts to run: tests,kernels,models (default all)')
     return parser
 
 
@@ -486,9 +501,12 @@ def apply_model_defaults(args):
 
 
 def main(argv: Optional[List[str]] = None):
-    """The results: one dict per model or kernel case."""
+    """The results (one dict per model or kernel case); with --suite, the suite's results dict."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s', stream=sys.stderr)
+    if args.suite:
+        from zoo import gpu_suite
+        return gpu_suite.main(args, sys.argv[1:] if argv is None else list(argv))
     if args.kernel:
         results = run_kernel_benchmarks(args)
     else:
@@ -505,4 +523,6 @@ def main(argv: Optional[List[str]] = None):
 
 if __name__ == '__main__':
     results = main()
+    if isinstance(results, dict):  # --suite
+        sys.exit(results['exit_code'])
     sys.exit(1 if any('error' in r or any(k.endswith('_error') for k in r) for r in results) else 0)
