@@ -290,3 +290,20 @@ def test_gpu_suite_budget_and_device_checks(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     with pytest.raises(SystemExit, match='no CUDA device here; `--dry-run`'):
         bench.main(['--suite', 'gpu', '--out', str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_gpu_suite_dry_run_command_line(tmp_path):
+    """The command itself, without TRITON_INTERPRET in the environment: it restarts itself with it and succeeds."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    done = subprocess.run([sys.executable, '-m', 'zoo.bench', '--suite', 'gpu', '--dry-run', '--out', str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 'restarting in a subprocess with TRITON_INTERPRET=1' in done.stderr
+    results = json.loads((tmp_path / 'results.json').read_text())
+    assert results['env']['triton_interpret'] == '1' and results['exit_code'] == 0
+    assert all('error' not in r for r in results['parts']['models']['rows'])
