@@ -13,6 +13,7 @@ Errors raised while building the model itself (bad arguments), and a family's ch
 """
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -49,12 +50,13 @@ def read_weights_file(path) -> Dict:
             return safetensors.torch.load_file(str(path), device='cpu')
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        if 'Weights only load failed' in str(e):
+        if 'Unsupported global' in str(e):  # torch's weights-only unpickler met a class or function to call
             raise WeightsError(
                 f"{path}: holds Python objects besides tensors, so it is refused (read with weights_only=True: no "
                 f"pickled code in it was run); save a plain state_dict or a safetensors file instead") from None
+        detail = re.search(r'WeightsUnpickler error:\s*(.+)', str(e))  # e.g. garbage read as pickle opcodes
         raise WeightsError(f"{path}: not a readable checkpoint (truncated, corrupted or not a PyTorch/safetensors "
-                           f"file): {_first_line(e)}") from None
+                           f"file): {detail.group(1).strip() if detail else _first_line(e)}") from None
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a state dict")
     return obj

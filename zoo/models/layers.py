@@ -162,14 +162,15 @@ def _parameters(target: Callable) -> set:
 
 
 def check_kwargs(model: str, kwargs: Iterable[str], *targets: Callable, exclude: Iterable[str] = (),
-                 what: str = 'argument') -> None:
+                 what: str = 'argument', where: str = '') -> None:
     """Raise a TypeError naming every key of `kwargs` that none of `targets` (classes or functions) accepts, and the
     accepted names. `exclude`: names the caller sets itself. Model arguments (`what='argument'`) may also be timm's
-    own (`BUILD_KWARGS`); other dicts (e.g. `what='layer_kwargs key'`) only what the targets take."""
+    own (`BUILD_KWARGS`); other dicts (e.g. `what='layer_kwargs key'`) only what the targets take. `where` is appended
+    to the names (e.g. ' (for layer='s4d')')."""
     accepted = set().union(*(_parameters(t) for t in targets)) - set(exclude)
     allowed = accepted | BUILD_KWARGS if what == 'argument' else accepted
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         plural = 's' if len(unknown) > 1 else ''
-        raise TypeError(f"{model}: unknown {what}{plural} {', '.join(map(repr, unknown))}; accepted: "
+        raise TypeError(f"{model}: unknown {what}{plural} {', '.join(map(repr, unknown))}{where}; accepted: "
                         f"{', '.join(sorted(accepted))}")

@@ -127,7 +127,7 @@ class SeqNet(nn.Module):
         if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
             raise ValueError(f"SeqNet: dropout must be a number in [0, 1), got {dropout!r}")
         check_kwargs('SeqNet', layer_kwargs or {}, SEQUENCE_LAYERS[layer], exclude=('d_model',),
-                     what=f'layer_kwargs key (for {layer})')
+                     what='layer_kwargs key', where=f' (for layer={layer!r})')
         self._check_pool(global_pool)
         self.num_classes = num_classes
         self.vocab_size, self.in_chans, self.seq_len, self.num_docs = vocab_size, in_chans, seq_len, num_docs
