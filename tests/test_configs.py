@@ -296,7 +296,7 @@ def test_last_checkpoint_is_found_under_a_run_name_with_a_group(tmp_path):
                        ('lra/s4d_listops_cpu/2020-01-03_00-00-00', 3)):
         ckpt = tmp_path / run / 'checkpoints' / 'last.ckpt'
         ckpt.parent.mkdir(parents=True)
-        ckpt.touch()
+        torch.save({'state_dict': {}, 'epoch': 0, 'global_step': mtime}, ckpt)  # find_last_checkpoint reads it
         os.utime(ckpt, (mtime, mtime))
     cfg = compose_cfg('train', ['experiment=lra/s4d_listops', f'paths.root={tmp_path}', 'ckpt_path=last'], tmp_path)
     assert find_last_checkpoint(cfg) == str(tmp_path / 'lra/s4d_listops/2020-01-02_00-00-00/checkpoints/last.ckpt')

@@ -5,11 +5,11 @@ import os
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from zoo.lit import LitClassifier
+from zoo.lit import LitClassifier, check_model_spec
+from zoo.models._pretrained import read_weights_file
 from zoo.train import build_datamodule, check_model_name, resolve_model_kwargs
 
 __all__ = ['run', 'RESULT_COLUMNS']
@@ -35,10 +35,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.get('ckpt') and not cfg.model.get('name'):
         raise ValueError("nothing to evaluate: give ckpt=<file.ckpt> or model.name=<timm name>")
     if cfg.get('ckpt') and os.path.isfile(cfg.ckpt):
-        # The data config may interpolate ${model.name} (e.g. for the pretrained cfg's transforms).
-        hparams = torch.load(cfg.ckpt, map_location='cpu', weights_only=True).get('hyper_parameters', {})
+        # The data config may interpolate ${model.name} (e.g. for the pretrained cfg's transforms). The file is read
+        # safely (a clear error if it is truncated or holds pickled objects) and must name a registered model.
+        hparams = read_weights_file(cfg.ckpt).get('hyper_parameters') or {}
+        check_model_spec(hparams.get('model_name'), hparams.get('model_kwargs'))
         with open_dict(cfg):
-            cfg.model.name = hparams.get('model_name', cfg.model.name)
+            cfg.model.name = hparams['model_name']
     datamodule = build_datamodule(cfg.data)
     module = _load_module(cfg, datamodule)
     trainer: pl.Trainer = instantiate(cfg.trainer, _convert_='all')

@@ -7,7 +7,13 @@ used from timm rather than written again here.
 
 Batches are `(x, y)` or `(x, y, extras)`; `extras` is a dict of keyword arguments for `model.forward`
 (e.g. `lengths` for padded token sequences).
+
+Only registered timm / zoo models are built: a checkpoint whose hyperparameters name anything else (a module path, a
+class, an `hf-hub:` or `local-dir:` source) is refused before anything is instantiated or downloaded, and
+`load_from_checkpoint` reads files with `weights_only=True` and builds the model with `pretrained=False` (the weights
+come from the checkpoint).
 """
+from pathlib import Path
 from typing import Any, Optional
 
 import pytorch_lightning as pl
@@ -23,7 +29,21 @@ from timm.utils import ModelEmaV3
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-__all__ = ['LitClassifier', 'split_optim_groups']
+from zoo.models._pretrained import WeightsError, read_weights_file
+
+__all__ = ['LitClassifier', 'split_optim_groups', 'check_model_spec']
+
+
+def check_model_spec(model_name, model_kwargs) -> None:
+    """Refuse (ValueError) anything but a registered timm / zoo model name with a dict of keyword arguments."""
+    if not isinstance(model_name, str) or ':' in model_name or not timm.is_model(model_name):
+        raise ValueError(f"LitClassifier: model_name must be a registered timm or zoo model name (see "
+                         f"timm.list_models()), got {model_name!r}; nothing else is instantiated (a checkpoint's "
+                         f"hyperparameters cannot name other classes or model sources)")
+    if model_kwargs is not None and not (isinstance(model_kwargs, dict) and all(isinstance(k, str)
+                                                                               for k in model_kwargs)):
+        raise ValueError(f"LitClassifier: model_kwargs must be a dict of keyword arguments for "
+                         f"timm.create_model({model_name!r}, ...), got {type(model_kwargs).__name__}")
 
 
 def split_optim_groups(param_groups: list[dict]) -> list[dict]:
@@ -73,6 +93,7 @@ class LitClassifier(pl.LightningModule):
             compile: bool = False,
     ):
         super().__init__()
+        check_model_spec(model_name, model_kwargs)
         self.save_hyperparameters()
         self.model = timm.create_model(model_name, pretrained=pretrained, **(model_kwargs or {}))
         self.num_classes = self.model.num_classes
@@ -102,6 +123,24 @@ class LitClassifier(pl.LightningModule):
         self.val_ema_acc = MulticlassAccuracy(self.num_classes, average='micro')
         self.test_acc = MulticlassAccuracy(self.num_classes, average='micro')
         self.test_acc5 = MulticlassAccuracy(self.num_classes, top_k=top5, average='micro')
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's loader with safe defaults: `weights_only=True`, and `pretrained=False` (the checkpoint holds
+        the weights, nothing is downloaded). A file that cannot be read raises zoo's WeightsError naming the reason;
+        hyperparameters naming anything but a registered model are refused (`check_model_spec`)."""
+        kwargs.setdefault('weights_only', True)
+        kwargs.setdefault('pretrained', False)
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        except Exception:
+            if not isinstance(checkpoint_path, (str, Path)):
+                raise
+            try:
+                read_weights_file(checkpoint_path)
+            except WeightsError as reason:  # the file itself is the problem: say so instead of torch's message
+                raise WeightsError(f"LitClassifier.load_from_checkpoint: {reason}") from None
+            raise
 
     @staticmethod
     def network_prefix(ema: bool = False) -> str:
