@@ -196,6 +196,7 @@ class AffineDigitsDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.train_set = self.val_set = self.test_set = None
+        self.split_indices = None  # 'bundled': indices of each split's source digits (disjoint)
 
     def _transformed(self, images: torch.Tensor, labels: torch.Tensor, per_digit: int, seed: int) -> DigitImages:
         hp = self.hparams
@@ -235,6 +236,8 @@ class AffineDigitsDataModule(pl.LightningDataModule):
                                                       hp.split_seed + 1)
             train_idx, val_idx = rest_idx[inner_train], rest_idx[inner_val]
         keep = self._balanced_head(test_labels, hp.max_test_digits)
+        if hp.source == 'bundled':
+            self.split_indices = {'train': train_idx, 'val': val_idx, 'test': test_idx[keep]}
         frame = centre_in_frame(images)
         self.train_set = DigitImages(frame[train_idx], labels[train_idx])
         self.val_set = self._transformed(frame[val_idx], labels[val_idx], hp.val_transforms_per_digit,

