@@ -375,6 +375,29 @@ class PlainConv2d(nn.Conv2d):
         return self._conv_forward(x, self.weight, self.bias).unsqueeze(2)
 
 
+class FrozenConv2d(nn.Module):
+    """A lifting or group conv whose kernel was generated once, for fixed samples: one plain conv2d over the packed
+    (channel, sample) axis, the export form made by `LieGroupResNet.freeze_kernels`.
+
+    (B, C_in, H, W) or (B, C_in, N_in, H, W) -> (B, C_out, N_out, H', W'); the sample arguments are ignored.
+    """
+
+    def __init__(self, weight: torch.Tensor, out_chans: int, num_samples: int, padding: int):
+        super().__init__()
+        self.out_chans, self.num_samples, self.padding = out_chans, num_samples, padding
+        self.register_buffer('weight', weight.detach().clone())  # (C_out * N_out, C_in * N_in, k, k)
+
+    def forward(self, x: torch.Tensor, g_in: Optional[torch.Tensor] = None,
+                g_out_inv: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if x.dim() == 5:
+            x = x.flatten(1, 2)
+        y = F.conv2d(x, self.weight.to(x.dtype), padding=self.padding)
+        return y.view(y.shape[0], self.out_chans, self.num_samples, y.shape[-2], y.shape[-1])
+
+    def extra_repr(self) -> str:
+        return f"out_chans={self.out_chans}, num_samples={self.num_samples}, padding={self.padding}"
+
+
 def layer_norm_3d(x: torch.Tensor) -> torch.Tensor:
     """LayerNorm over (channels, samples, H, W), no affine parameters (the release's LayerNorm3d)."""
     return F.layer_norm(x, x.shape[1:])
@@ -610,6 +633,32 @@ class LieGroupResNet(nn.Module):
         """Use these (g, g^-1) pairs, each (N, 2, 2), as the evaluation samples (e.g. a grid of quarter turns)."""
         with torch.no_grad():
             self.eval_samples.copy_(torch.stack([torch.stack(stem), torch.stack(final)]))
+
+    @torch.no_grad()
+    def freeze_kernels(self) -> 'LieGroupResNet':
+        """Replace every lifting and group conv by a `FrozenConv2d` holding the kernel it generates for the fixed
+        evaluation samples. The result is the eval-mode network as plain convs, without kernel networks,
+        eigendecompositions or caches, so that exporters (ONNX, TorchScript, torch.export) take it.
+
+        In place, returns self; for inference only (the kernels no longer train, resampling has no effect).
+        """
+        if self.group == 'none':
+            return self  # the plain CNN has ordinary convs already
+        if self.eval_resample:
+            raise ValueError("freeze_kernels needs the fixed evaluation samples, but this model draws new ones at "
+                             "every call (eval_resample=True)")
+        # The samples each layer gets in eval mode, as in `samples` and `_forward_group`.
+        s = self.eval_samples.to(next(self.parameters()).dtype)
+        g, g_inv, g_final_inv = s[0, 0], s[0, 1], s[1, 1]
+        conv = self.stem.conv
+        self.stem.conv = FrozenConv2d(conv.weight(g_inv), conv.out_chans, g_inv.shape[0], conv.padding)
+        for i, stage in enumerate(self.stages):
+            out_inv = g_final_inv if i == self.depth else g_inv
+            for name, conv in list(stage.named_children()):
+                if isinstance(conv, GroupConv2d):
+                    setattr(stage, name, FrozenConv2d(
+                        conv.weight(g, out_inv), conv.out_chans, out_inv.shape[0], conv.padding))
+        return self
 
     def samples(self, ref: torch.Tensor) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor],
                                                   Optional[torch.Tensor], Optional[torch.Tensor]]:
