@@ -54,6 +54,11 @@ MIN_SIDE = {'inceptionnext_atto': 32, 'unireplknet_a': 1, 'liegroup_sl2_small': 
 _built = {}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Tiny tensors: one torch thread is faster, and on a busy machine much faster, than waiting for a second."""
+
+
 def model(name: str) -> torch.nn.Module:
     """Each model once per session, in eval mode (tests that change one work on a copy)."""
     if name not in _built:
