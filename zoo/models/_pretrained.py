@@ -162,8 +162,8 @@ def pretrained_weights(variant: str, pretrained: bool, kwargs: Dict):
                        and 'timm' in f.f_code.co_filename), None)
         if loader is None:
             raise  # not raised while loading weights: a bad model argument, reported as it is
-        where = {'state_dict': 'the given state_dict', 'file': cfg.get('file'), 'hf-hub': f"hf-hub:{cfg.get('hf_hub_id')}",
-                 'url': cfg.get('url')}[source]
+        where = {'state_dict': 'the given state_dict', 'file': cfg.get('file'),
+                 'hf-hub': f"hf-hub:{cfg.get('hf_hub_id')}", 'url': cfg.get('url')}[source]
         state_dict, model = loader.f_locals.get('state_dict'), loader.f_locals.get('model')
         if isinstance(state_dict, dict) and model is not None:
             # The weights were read but do not fit. A family's checkpoint filter explains itself (ValueError).
