@@ -164,14 +164,16 @@ class S4DKernel(nn.Module):
         self.register_parameter(name, param)
 
     def forward(self, L: int) -> torch.Tensor:
-        """The (channels, H, L) kernel, always computed and returned in float32."""
+        """The (channels, H, L) kernel, computed and returned in float32 (float64 for a float64 layer; a float16 or
+        bfloat16 layer, or autocast, still gets a float32 kernel)."""
         H, copies = self.d_model, self.d_model // self.n_ssm
-        dt = self.log_dt.float().exp().unsqueeze(-1)  # (H, 1)
-        A = torch.complex(-self.log_A_real.float().exp(), self.A_imag.float()).repeat(copies, 1)  # (H, N/2), h % n_ssm
+        dtype = torch.promote_types(self.C.dtype, torch.float32)
+        dt = self.log_dt.to(dtype).exp().unsqueeze(-1)  # (H, 1)
+        A = torch.complex(-self.log_A_real.to(dtype).exp(), self.A_imag.to(dtype)).repeat(copies, 1)  # (H, N/2)
         dtA = A * dt
-        C = torch.view_as_complex(self.C.float()).reshape(self.channels, H, -1)  # (c, H, N/2)
+        C = torch.view_as_complex(self.C.to(dtype)).reshape(self.channels, H, -1)  # (c, H, N/2)
         if self.B is not None:
-            C = C * torch.view_as_complex(self.B.float()).repeat(copies, 1)
+            C = C * torch.view_as_complex(self.B.to(dtype)).repeat(copies, 1)
 
         if self.disc == 'zoh':
             coef, log_z, scale = C * (_complex_exp(dtA) - 1) / A, dtA, 2.0

@@ -101,10 +101,14 @@ class SGConv(LongConvLayer):
     def _multiscale_kernel(self, weights=None, multiplier=None, decay=None) -> torch.Tensor:
         """The full-length kernel, (dirs * C, H, kernel_dim * 2^(num_scales - 1 + init_scale)), unnormalized.
 
-        Built from this module's tensors unless others are given (a state dict being loaded).
+        Built from this module's tensors unless others are given (a state dict being loaded), in at least float32
+        (a float16 / bfloat16 layer still gets a float32 kernel; float64 stays float64).
         """
         weights = self.kernel_list if weights is None else weights
         multiplier = self.multiplier if multiplier is None else multiplier
+        dtype = torch.promote_types(weights[0].dtype, torch.float32)
+        weights = [weight.to(dtype) for weight in weights]
+        multiplier = multiplier.to(dtype)
         n, d = self.num_scales, self.kernel_dim
         full_length = d * 2 ** (n - 1 + self.init_scale)
         pieces = []
@@ -125,7 +129,7 @@ class SGConv(LongConvLayer):
     def compute_kernel(self, L: int) -> torch.Tensor:
         k = self._multiscale_kernel()
         k = k[..., :L] if k.shape[-1] >= L else F.pad(k, (0, L - k.shape[-1]))
-        return k / self.kernel_norm
+        return k / self.kernel_norm.to(k.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Official checkpoints: a first-use flag instead of a norm measured at init; a 2-D projection weight;

@@ -208,8 +208,9 @@ class SqueezeExcite(nn.Module):
 class GlobalResponseNorm(nn.Module):
     """ConvNeXt-V2 GRN on channels-last input (B, H, W, C); `gamma`, `beta` shaped (1, 1, 1, C) as officially.
 
-    The statistics are taken in float32: the spatial L2 norm of a large low-precision activation overflows
-    fp16 (inf / inf = NaN downstream), one of the AMP NaN sources reported for the official code.
+    The statistics are taken in at least float32 (float64 input stays float64): the spatial L2 norm of a large
+    low-precision activation overflows fp16 (inf / inf = NaN downstream), one of the AMP NaN sources reported for
+    the official code.
     """
 
     def __init__(self, dim: int, use_bias: bool = True, eps: float = 1e-6, device=None, dtype=None):
@@ -223,10 +224,10 @@ class GlobalResponseNorm(nn.Module):
             self.register_parameter('beta', None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        gx = torch.linalg.vector_norm(x32, ord=2, dim=(1, 2), keepdim=True)  # (B, 1, 1, C)
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))
+        gx = torch.linalg.vector_norm(wide, ord=2, dim=(1, 2), keepdim=True)  # (B, 1, 1, C)
         nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
-        out = (self.gamma * nx + 1) * x32
+        out = (self.gamma * nx + 1) * wide
         if self.beta is not None:
             out = out + self.beta
         return out.to(x.dtype)
