@@ -131,8 +131,16 @@ def test_vandermonde_real_against_complex_powers():
     torch.testing.assert_close(vandermonde_real(coef, log_z, L), expected)
 
 
+def test_default_optimizer_hints_are_the_official_minimal_layers():
+    """Official `S4DKernel(lr=None)`: dt and A get weight decay 0 and the global lr; C and D no hint."""
+    layer = S4D(8, 16)
+    for name in ('log_dt', 'log_A_real', 'A_imag'):
+        assert getattr(layer.kernel, name)._optim == {'weight_decay': 0.0}
+    assert not hasattr(layer.kernel.C, '_optim') and not hasattr(layer.D, '_optim')
+
+
 def test_ssm_parameters_carry_their_optimizer_settings():
-    layer = S4D(8, 16, learn_B=True)
+    layer = S4D(8, 16, learn_B=True, lr=1e-3)
     for name in ('log_dt', 'log_A_real', 'A_imag', 'B'):
         assert getattr(layer.kernel, name)._optim == {'lr': 1e-3, 'weight_decay': 0.0}
     assert not hasattr(layer.kernel.C, '_optim') and not hasattr(layer.D, '_optim')

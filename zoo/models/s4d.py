@@ -123,7 +123,7 @@ class S4DKernel(nn.Module):
             dt_max: float = 0.1,
             n_ssm: Optional[int] = None,
             learn_B: bool = False,
-            lr: Union[float, Mapping[str, Optional[float]], None] = 0.001,
+            lr: Union[float, Mapping[str, Optional[float]], None] = None,
     ):
         super().__init__()
         if d_state < 2 or d_state % 2:
@@ -194,8 +194,18 @@ class S4DKernel(nn.Module):
 class S4D(LongConvLayer):
     """S4D layer: diagonal-SSM long convolution + D skip, GELU, dropout, output linear (+GLU).
 
-    Defaults reproduce the official minimal `S4D(d_model, d_state)` (S4D-Lin, ZOH, unidirectional, B folded into C)
-    and load its state dict. Options: `init` in S4D_INITS, `disc` in S4D_DISCRETIZATIONS, `bidirectional`,
+    With its defaults this is the official minimal `S4D(d_model, d_state)` of `models/s4/s4d.py` (S4D-Lin, ZOH,
+    unidirectional, B folded into C, dt in [1e-3, 1e-1], `lr=None`: dt and A get `_optim = {'weight_decay': 0.0}`
+    and the global lr): the same parameter names, shapes, initial distributions, optimizer hints, tied dropout and
+    outputs (golden test: tests/test_s4d.py). It differs from it only in these points:
+    * `forward` returns the output `y`, not `(y, None)`, and takes no other arguments (the official one swallows
+      `**kwargs`); shapes are checked;
+    * with the same seed the initial values differ: the output projection is drawn before `D` and the kernel (the
+      official layer draws `D`, `log_dt`, `C`, then the projection);
+    * the kernel is a blocked real-arithmetic Vandermonde product (see the module docstring), equal to the official
+      complex one to float32 rounding; it is computed in float32 for float16 / bfloat16 layers and under autocast,
+      where the official complex kernel has no half-precision form.
+    Options beyond the minimal layer: `init` in S4D_INITS, `disc` in S4D_DISCRETIZATIONS, `bidirectional`,
     `channels`, `n_ssm` (independent (A, B) copies shared across features), `learn_B` (B as its own parameter, as in
     the full s4 layer), `dt_min`/`dt_max`, `lr` for the SSM parameters (a float for dt, A and B, or a dict with keys
     'dt', 'A', 'B'; None = global lr; 0.0 = frozen; weight decay is always 0), `tie_dropout`, `glu`, `transposed`.
@@ -215,7 +225,7 @@ class S4D(LongConvLayer):
             dt_max: float = 0.1,
             n_ssm: Optional[int] = None,
             learn_B: bool = False,
-            lr: Union[float, Mapping[str, Optional[float]], None] = 0.001,
+            lr: Union[float, Mapping[str, Optional[float]], None] = None,
             tie_dropout: bool = True,
             glu: bool = True,
             kernel_backend: str = 'auto',
