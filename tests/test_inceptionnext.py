@@ -77,6 +77,24 @@ def test_pretrained_cfgs_point_at_the_official_weights():
     assert timm.get_pretrained_cfg('inceptionnext_base.sail_in1k_384').input_size == (3, 384, 384)
 
 
+def test_base_384_is_a_model_name_and_a_tag_of_base():
+    """The official name `inceptionnext_base_384` and timm-style tag `inceptionnext_base.sail_in1k_384` build the
+    same network with the same weights source and preprocessing."""
+    by_name = timm.get_pretrained_cfg('inceptionnext_base_384').to_dict()
+    by_tag = timm.get_pretrained_cfg('inceptionnext_base.sail_in1k_384').to_dict()
+    for key in ('url', 'hf_hub_id', 'input_size', 'pool_size', 'crop_pct', 'interpolation', 'mean', 'std',
+                'num_classes', 'first_conv', 'classifier', 'license'):
+        assert by_name[key] == by_tag[key], key
+    assert by_name['input_size'] == (3, 384, 384) and by_name['pool_size'] == (12, 12) and by_name['crop_pct'] == 1.0
+    assert by_name['url'].endswith('/inceptionnext_base_384.pth')
+    assert by_name['hf_hub_id'] == 'timm/inception_next_base.sail_in1k_384'
+    assert 'inceptionnext_base_384' in timm.list_models('inceptionnext_*', pretrained=False)
+    on_meta = [timm.create_model(name, device='meta') for name in ('inceptionnext_base_384', 'inceptionnext_base')]
+    assert [{k: v.shape for k, v in m.state_dict().items()} for m in on_meta].count(
+        {k: v.shape for k, v in on_meta[1].state_dict().items()}) == 2
+    assert on_meta[0].pretrained_cfg['input_size'] == (3, 384, 384)
+
+
 def test_bad_kernel_backend_is_rejected():
     with pytest.raises(ValueError, match="kernel_backend must be one of"):
         timm.create_model('inceptionnext_atto', kernel_backend='cuda')

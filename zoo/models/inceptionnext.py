@@ -147,6 +147,10 @@ default_cfgs = generate_default_cfgs({
     'inceptionnext_base.sail_in1k': _cfg('inceptionnext_base', 'sail_in1k', crop_pct=0.95),
     'inceptionnext_base.sail_in1k_384': _cfg(
         'inceptionnext_base_384', 'sail_in1k_384', input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+    # The official name of the same weights (sail-sg `inceptionnext_base_384`): base fine-tuned at 384 for 30 epochs.
+    'inceptionnext_base_384.sail_in1k': _cfg(
+        'inceptionnext_base_384', 'sail_in1k_384', input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0,
+        notes=('ImageNet-1K, base fine-tuned at 384 (30 epochs); official top-1 85.2',)),
 })
 
 
@@ -183,3 +187,11 @@ def inceptionnext_small(pretrained=False, **kwargs):
 def inceptionnext_base(pretrained=False, **kwargs):
     model_args = dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024))
     return _create_inceptionnext('inceptionnext_base', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def inceptionnext_base_384(pretrained=False, **kwargs):
+    """InceptionNeXt-B at 384 px: the base network (no resolution-dependent parameters) with the 384 cfg and weights;
+    the same model as `inceptionnext_base.sail_in1k_384`."""
+    model_args = dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024))
+    return _create_inceptionnext('inceptionnext_base_384', pretrained=pretrained, **dict(model_args, **kwargs))
