@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from timm.models import group_parameters
 from timm.utils import reparameterize_model
@@ -236,6 +237,77 @@ def test_foreign_head_is_dropped_with_a_warning(caplog):
         for m in (model, lying):
             assert m(x).shape == (2, 5)
             assert torch.allclose(m.forward_head(m.forward_features(x), pre_logits=True), expected)
+
+
+# The reduced official dense-prediction backbone of backbone_det.pth (tests/fixtures/README.md).
+BACKBONE_CFG = dict(depths=(1, 1, 2, 1), dims=(4, 8, 8, 16), kernel_sizes=((3,), (9,), (13, 5), (7,)))
+
+
+def _backbone_io():
+    io = load_file(FIXTURES / 'backbone_io.safetensors')
+    return io['input'].float(), [io[f'features_{i}'] for i in range(4)]
+
+
+def _from_detection_checkpoint(**kwargs):
+    overlay = dict(file=str(FIXTURES / 'backbone_det.pth'))
+    return timm.create_model('unireplknet_a', pretrained=True, pretrained_cfg_overlay=overlay,
+                             **BACKBONE_CFG, **kwargs).eval()
+
+
+@pytest.mark.parametrize('deploy', [False, True])
+def test_detection_checkpoint_stage_norms_reproduce_official_features(deploy, caplog):
+    """features_only with stage_norms=True is the official dense-prediction backbone: an official detection /
+    segmentation checkpoint ({'state_dict': {'backbone.*', 'neck.*', ...}}) loads its norm0..3 and the four feature
+    maps match the official ones (also reparameterized on the way into a deploy-form model)."""
+    x, expected = _backbone_io()
+    model = _from_detection_checkpoint(features_only=True, stage_norms=True, deploy=deploy)
+    assert model.feature_info.channels() == [4, 8, 8, 16]
+    with torch.no_grad():
+        feats = model(x)
+    assert [f.shape for f in feats] == [f.shape for f in expected]
+    assert max(_rel_err(f, e) for f, e in zip(feats, expected)) < 1e-5
+    # the same outputs from a full model's forward_intermediates
+    full = _from_detection_checkpoint(stage_norms=True, deploy=deploy)
+    assert 'norm3.weight' in full.state_dict()
+    with torch.no_grad():
+        inter = full.forward_intermediates(x, intermediates_only=True)
+    assert max(_rel_err(f, e) for f, e in zip(inter, expected)) < 1e-5
+
+
+def test_stage_norms_absent_or_fresh_are_reported(caplog):
+    x, expected = _backbone_io()
+    with caplog.at_level(logging.WARNING):
+        plain = _from_detection_checkpoint(features_only=True)
+    assert 'stage_norms=True' in caplog.text and 'norm0..3' in caplog.text
+    with torch.no_grad():
+        feats = plain(x)  # raw stage outputs: the official features before their norms
+    assert _rel_err(feats[0], expected[0]) > 0.1
+    # they are the official features before the official norms
+    sd = torch.load(FIXTURES / 'backbone_det.pth', weights_only=True)['state_dict']
+    normed = [F.layer_norm(f.permute(0, 2, 3, 1), f.shape[1:2], sd[f'backbone.norm{i}.weight'],
+                           sd[f'backbone.norm{i}.bias'], eps=1e-6).permute(0, 3, 1, 2) for i, f in enumerate(feats)]
+    assert max(_rel_err(f, e) for f, e in zip(normed, expected)) < 1e-5
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # a classification checkpoint has no stage norms
+        model = _from_fixture('mixed', stage_norms=True, features_only=True)
+    assert 'lacks the per-stage output norms' in caplog.text
+    norm2 = model.model.norm2  # features_only wraps the model
+    assert torch.equal(norm2.weight, torch.ones(8)) and torch.equal(norm2.bias, torch.zeros(8))
+    with pytest.raises(ValueError, match='stage norm shapes'):
+        sd = torch.load(FIXTURES / 'backbone_det.pth', weights_only=True)
+        sd['state_dict']['backbone.norm1.weight'] = torch.ones(3)
+        checkpoint_filter_fn(sd, timm.create_model('unireplknet_a', stage_norms=True, **BACKBONE_CFG))
+
+
+def test_stage_norms_pruned_with_their_stages():
+    model = timm.create_model('unireplknet_a', stage_norms=True, **BACKBONE_CFG).eval()
+    assert [f'norm{i}.weight' in model.state_dict() for i in range(4)] == [True] * 4
+    model.prune_intermediate_layers(indices=[0, 1])
+    assert [hasattr(model, f'norm{i}') for i in range(4)] == [True, True, False, False]
+    with torch.no_grad():
+        feats = model.forward_intermediates(torch.randn(1, 3, 32, 32), indices=[0, 1], intermediates_only=True)
+    assert [f.shape[1] for f in feats] == [4, 8]
 
 
 def test_filter_unwraps_official_wrappers():

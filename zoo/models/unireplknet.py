@@ -358,6 +358,7 @@ class UniRepLKNet(nn.Module):
             deploy: bool = False,
             use_sync_bn: bool = False,
             with_cp: bool = False,
+            stage_norms: bool = False,
             kernel_backend: str = 'auto',
             device=None,
             dtype=None,
@@ -373,6 +374,11 @@ class UniRepLKNet(nn.Module):
             deploy: build the reparameterized inference structure.
             use_sync_bn: SyncBatchNorm everywhere (the official detection / segmentation setting).
             with_cp: start with gradient checkpointing on (official name; same as `set_grad_checkpointing()`).
+            stage_norms: the per-stage output LayerNorms `norm0` .. `norm3` of the official detection / segmentation
+                backbone (channels-first, eps 1e-6). When present they are applied to every intermediate that
+                `forward_intermediates` returns, hence to `features_only` outputs, exactly as the official backbone
+                does for its feature pyramid; the classification path (`forward`) does not use them. The official
+                detection / segmentation checkpoints load them.
             kernel_backend: backend for the depthwise convs, passed to `kernels.dwconv2d`.
         """
         super().__init__()
@@ -432,6 +438,10 @@ class UniRepLKNet(nn.Module):
             ]))
             cur += depths[i]
             self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f'stages.{i}'))
+
+        self.num_stage_norms = 4 if stage_norms else 0
+        for i in range(self.num_stage_norms):  # official names, registered before `norm` / `head` as officially
+            self.add_module(f'norm{i}', norm_layer(dims[i]))
 
         self.num_features = self.head_hidden_size = dims[-1]
         self.global_pool = self._make_pool(global_pool)
@@ -517,7 +527,8 @@ class UniRepLKNet(nn.Module):
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs (B, C_i, H/4/2^i, W/4/2^i). `norm` applies the head LayerNorm (per position) to the last
+        """Stage outputs (B, C_i, H/4/2^i, W/4/2^i), through the stage norms `norm{i}` if the model has them (the
+        official dense-prediction outputs); otherwise `norm` applies the head LayerNorm (per position) to the last
         stage's output when it is taken."""
         if output_fmt != 'NCHW':
             raise ValueError(f"UniRepLKNet intermediates are NCHW, got output_fmt={output_fmt!r}")
@@ -533,7 +544,10 @@ class UniRepLKNet(nn.Module):
             else:
                 x = self.stages[i](x)
             if i in take_indices:
-                intermediates.append(self._norm_map(x) if norm and i == last_idx else x)
+                if i < self.num_stage_norms:
+                    intermediates.append(getattr(self, f'norm{i}')(x))
+                else:
+                    intermediates.append(self._norm_map(x) if norm and i == last_idx else x)
         if intermediates_only:
             return intermediates
         return x, intermediates
@@ -547,6 +561,9 @@ class UniRepLKNet(nn.Module):
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         self.downsample_layers = self.downsample_layers[:max_index + 1]
         self.stages = self.stages[:max_index + 1]
+        for i in range(max_index + 1, self.num_stage_norms):
+            delattr(self, f'norm{i}')
+        self.num_stage_norms = min(self.num_stage_norms, max_index + 1)
         prune_end = max_index < len(self.depths) - 1
         if prune_end:
             self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
@@ -610,14 +627,42 @@ def _unwrap(checkpoint: Dict) -> Dict[str, torch.Tensor]:
     state_dict = unwrap_state_dict(checkpoint)
     if not any(k.startswith('downsample_layers.') for k in state_dict) \
             and any(k.startswith('backbone.downsample_layers.') for k in state_dict):
-        # Official detection / segmentation checkpoint: keep the backbone, without its per-stage output norms.
+        # Official detection / segmentation checkpoint: the backbone, with its per-stage output norms (norm0..3).
         _logger.info('UniRepLKNet: using the backbone of a detection/segmentation checkpoint')
-        state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items()
-                      if k.startswith('backbone.') and not re.match(r'backbone\.norm\d\.', k)}
+        state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
     return state_dict
 
 
 _HEAD_PREFIXES = ('norm.', 'head.')  # the classifier side: replaceable; everything else must match exactly
+_STAGE_NORM_KEY = re.compile(r'^norm\d\.')  # the dense-prediction backbone's per-stage output norms
+
+
+def _split_stage_norms(state_dict: Dict[str, torch.Tensor]):
+    """(everything else, the stage-norm tensors `norm{i}.*`)."""
+    norms = {k: v for k, v in state_dict.items() if _STAGE_NORM_KEY.match(k)}
+    return {k: v for k, v in state_dict.items() if k not in norms}, norms
+
+
+def _stage_norms_for(norms: Dict[str, torch.Tensor], model_sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The checkpoint's stage norms fitted to the model's: loaded when both have them, dropped with a warning
+    when only the checkpoint has them, the model's own (fresh) ones kept with a warning when only it has them."""
+    _, wanted = _split_stage_norms(model_sd)
+    if norms and not wanted:
+        _logger.warning(
+            'UniRepLKNet: the checkpoint has the per-stage output norms norm0..3 of the official detection / '
+            'segmentation backbone, which this model lacks: they were dropped; build it with stage_norms=True '
+            '(e.g. with features_only=True) to use them')
+        return {}
+    if wanted and set(norms) != set(wanted):
+        _logger.warning(
+            'UniRepLKNet: the checkpoint lacks the per-stage output norms norm0..3 (stage_norms=True): they keep '
+            'their fresh initialisation (weight 1, bias 0)')
+        return dict(wanted)
+    mismatched = [f'{k}: {tuple(norms[k].shape)} vs {tuple(wanted[k].shape)}' for k in wanted
+                  if norms[k].shape != wanted[k].shape]
+    if mismatched:
+        raise ValueError(f'UniRepLKNet: checkpoint stage norm shapes do not match this model: {mismatched[:4]}')
+    return norms
 
 
 def _check_backbone(state_dict: Dict[str, torch.Tensor], reference: Dict[str, torch.Tensor]):
@@ -661,14 +706,18 @@ def checkpoint_filter_fn(state_dict: Dict, model: UniRepLKNet) -> Dict[str, torc
 
     - unwraps `{'model': ...}` (and 'state_dict' / EMA wrappers, `module.` prefixes, the `backbone.` of the
       official detection / segmentation checkpoints);
+    - the detection / segmentation backbone's per-stage output norms `norm0..3`: loaded into a model built with
+      `stage_norms=True`, dropped with a warning otherwise;
     - training-form checkpoint into a deploy-form model: reparameterized here, as the official code would;
     - deploy-form checkpoint into a training-form model: ValueError (the fold cannot be undone);
     - a head of another size or none (e.g. the 21841-class ImageNet-22K classifier into a 1000-class model): the
       backbone loads, the head keeps its fresh initialisation, and a warning says so;
     - a different variant (other widths / depths / kernel sizes): ValueError naming both.
     """
-    state_dict = _unwrap(state_dict)
+    state_dict, stage_norms = _split_stage_norms(_unwrap(state_dict))
     model_sd = model.state_dict()
+    stage_norms = _stage_norms_for(stage_norms, model_sd)
+    model_sd, _ = _split_stage_norms(model_sd)
     ckpt_training, model_training = _is_training_form(state_dict), _is_training_form(model_sd)
     if model_training and not ckpt_training and any(k.endswith('pwconv2.0.bias') for k in state_dict):
         raise ValueError(
@@ -682,14 +731,18 @@ def checkpoint_filter_fn(state_dict: Dict, model: UniRepLKNet) -> Dict[str, torc
         ckpt_part = {k: v.shape for k, v in state_dict.items() if k.startswith(prefix)}
         model_part = {k: v for k, v in model_sd.items() if k.startswith(prefix)}
         if ckpt_part != {k: v.shape for k, v in model_part.items()}:
-            shapes = ckpt_part.get(prefix + 'weight', 'none')
-            _logger.warning(
-                f'UniRepLKNet: checkpoint `{prefix[:-1]}` ({shapes}) does not fit this model '
-                f'(num_classes={model.num_classes}): the classifier was dropped (backbone loaded, '
-                f'`{prefix[:-1]}` freshly initialised)')
+            if not ckpt_part:  # e.g. a detection / segmentation backbone: nothing to drop
+                _logger.warning(f'UniRepLKNet: the checkpoint has no `{prefix[:-1]}` (a backbone-only file): '
+                                f'`{prefix[:-1]}` keeps its fresh initialisation')
+            else:
+                shapes = ckpt_part.get(prefix + 'weight', 'none')
+                _logger.warning(
+                    f'UniRepLKNet: checkpoint `{prefix[:-1]}` ({shapes}) does not fit this model '
+                    f'(num_classes={model.num_classes}): the classifier was dropped (backbone loaded, '
+                    f'`{prefix[:-1]}` freshly initialised)')
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
             state_dict.update(model_part)
-    return state_dict
+    return {**state_dict, **stage_norms}
 
 
 # ----------------------------------------------------------------------------------------------------------------
