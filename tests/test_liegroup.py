@@ -9,7 +9,7 @@ import torch
 import zoo  # noqa: F401  (registers the models)
 from zoo.models.liegroup import (
     GROUP_DIMS, GroupConv2d, GroupSampler, KernelNet, LieGroupResNet, LiftingConv2d, checkpoint_filter_fn,
-    polar_coordinates, rotation_matrix,
+    polar_coordinates, rgenn_model_args, rotation_matrix,
 )
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'liegroup'
@@ -41,6 +41,132 @@ def test_matches_official_rgenn(group, conv_backend):
     torch.testing.assert_close(stem, fx['stem'], rtol=0, atol=1e-12)
     # The release keeps pi as a float32 buffer in its angle wrap-around, hence ~1e-7 and not 1e-12.
     torch.testing.assert_close(logits, fx['logits'], rtol=0, atol=1e-6)
+
+
+def _config_kwargs(config):
+    """The fixture's `config` (kernel_mlp options flattened as kernel_mlp_<name>) as LieGroupResNet arguments."""
+    kwargs = {k: v for k, v in config.items() if not k.startswith('kernel_mlp_')}
+    kwargs['kernel_mlp'] = {k[len('kernel_mlp_'):]: v for k, v in config.items() if k.startswith('kernel_mlp_')}
+    return kwargs
+
+
+def _load_variant(name, **overrides):
+    fx = torch.load(FIXTURES / f'rgenn_{name}.pt', weights_only=True)
+    kwargs = _config_kwargs(fx['config'])
+    kwargs['kernel_mlp'].update(overrides.pop('kernel_mlp', {}))
+    torch.manual_seed(0)
+    model = LieGroupResNet(**dict(kwargs, **overrides)).double().eval()
+    return fx, model
+
+
+@pytest.mark.parametrize('name', ['sl2_mean_relu_bn', 'gl2_lng_trainable'])
+def test_release_options_match_official_rgenn(name):
+    """Checkpoints of the release's other model options (mean projection, ReLU, BatchNorm3d / channel LayerNorm,
+    BatchNorm head, other or trained SIREN frequencies), as a SamplingWrapper state dict, load and match."""
+    fx, model = _load_variant(name)
+    model.load_state_dict(checkpoint_filter_fn(fx['state_dict'], model), strict=True)
+    model.set_samples((fx['g_stem'], fx['g_stem_inv']), (fx['g_final'], fx['g_final_inv']))
+    with torch.no_grad():
+        stem = model.stem(fx['input'][:1], fx['g_stem_inv'])
+        logits = model(fx['input'])
+    torch.testing.assert_close(stem, fx['stem'], rtol=0, atol=1e-12)
+    torch.testing.assert_close(logits, fx['logits'], rtol=0, atol=1e-6)
+
+
+def test_folded_frequencies_load_release_checkpoints():
+    """A model with omega folded into its SIREN weights takes a release checkpoint's frequencies into them."""
+    fx, model = _load_variant('sl2_mean_relu_bn', kernel_mlp=dict(fold_omega=True))
+    model.load_state_dict(checkpoint_filter_fn(fx['state_dict'], model), strict=True)
+    model.set_samples((fx['g_stem'], fx['g_stem_inv']), (fx['g_final'], fx['g_final_inv']))
+    with torch.no_grad():
+        torch.testing.assert_close(model(fx['input']), fx['logits'], rtol=0, atol=1e-6)
+
+
+def test_trainable_frequencies_are_parameters():
+    model = tiny_model(kernel_mlp=dict(hidden=16, trainable_omega=True))
+    omega = model.stem.conv.kernel_net.omega
+    assert isinstance(omega, torch.nn.Parameter) and omega.tolist() == [10.0, 10.0, 10.0]
+    model.train()(torch.randn(1, 1, 24, 24, dtype=torch.float64)).sum().backward()
+    assert omega.grad is not None and omega.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match='exclude each other'):
+        KernelNet(2, 4, 4, fold_omega=True, trainable_omega=True)
+
+
+@pytest.mark.parametrize('name, overrides, message', [
+    # what the weights show, refused with the release option and the argument to build with
+    ('sl2_mean_relu_bn', dict(conv_norm='layernorm3d'), "--conv_norm batchnorm3d.*conv_norm='batchnorm3d'"),
+    ('sl2_mean_relu_bn', dict(head_norm='layernorm'), "--head_norm batchnorm.*head_norm='batchnorm'"),
+    ('gl2_lng_trainable', dict(conv_norm='batchnorm3d'), "--conv_norm layernorm3dg"),
+    ('sl2_mean_relu_bn', dict(kernel_mlp=dict(first_omega=10.0, omega=10.0)),
+     r"--siren_first_w0 15 --siren_w0 20: build the model with kernel_mlp=dict\(first_omega=15, omega=20\)"),
+    ('gl2_lng_trainable', dict(kernel_mlp=dict(trainable_omega=False)), r"trainable_omega=True"),
+    ('gl2_lng_trainable', dict(group='sl2'), '--liegroup gl2'),
+    # model options without a release equivalent
+    ('sl2_mean_relu_bn', dict(group_pool='max'), "group_pool='max' with global_pool='avg'.*--global_pool mean"),
+    ('sl2_mean_relu_bn', dict(global_pool='max'), "group_pool='mean' with global_pool='max'"),
+    ('sl2_mean_relu_bn', dict(signed_angle=True), 'signed_angle=True'),
+    ('sl2_mean_relu_bn', dict(stem_pool=True, input_pad=8), 'stem_pool=True.*input_pad=8'),
+])
+def test_release_checkpoints_refused_with_the_option(name, overrides, message):
+    fx, model = _load_variant(name, **overrides)
+    with pytest.raises(ValueError, match=message):
+        checkpoint_filter_fn(fx['state_dict'], model)
+
+
+def test_release_sampling_choices_are_warned(caplog):
+    fx, model = _load_variant('sl2_mean_relu_bn', num_samples=6, spd_spread=0.2)
+    with caplog.at_level('WARNING'):
+        model.load_state_dict(checkpoint_filter_fn(fx['state_dict'], model), strict=True)
+    assert '--gsamples 4' in caplog.text and 'num_samples=4' in caplog.text
+    assert '--spd_bounds 0.1' in caplog.text and 'spd_spread=0.1' in caplog.text
+
+
+def test_release_checkpoint_through_timm(tmp_path):
+    """The pretrained path: a SamplingWrapper state dict saved by the release, loaded by file."""
+    fx = torch.load(FIXTURES / 'rgenn_sl2_mean_relu_bn.pt', weights_only=True)
+    torch.save(fx['state_dict'], tmp_path / 'rgenn.pth')
+    kwargs = _config_kwargs(fx['config'])
+    overlay = dict(file=str(tmp_path / 'rgenn.pth'))
+    model = timm.create_model('liegroup_sl2', pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).double().eval()
+    model.set_samples((fx['g_stem'], fx['g_stem_inv']), (fx['g_final'], fx['g_final_inv']))
+    with torch.no_grad():
+        torch.testing.assert_close(model(fx['input']), fx['logits'], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match='--conv_norm batchnorm3d'):
+        timm.create_model('liegroup_sl2', pretrained=True, pretrained_cfg_overlay=overlay,
+                          **dict(kwargs, conv_norm='layernorm3d'))
+
+
+@pytest.mark.parametrize('name', ['sl2_mean_relu_bn', 'gl2_lng_trainable'])
+def test_release_command_line_to_model_arguments(name):
+    fx = torch.load(FIXTURES / f'rgenn_{name}.pt', weights_only=True)
+    args = ['--gsamples', '4', '--blocks_dim', '4', '--inr_dim', '16', *fx['release_args'], '--amp', '--seed', '3']
+    model_name, kwargs = rgenn_model_args(args)
+    assert model_name == f"liegroup_{fx['config']['group']}"
+    model = timm.create_model(model_name, **kwargs).double().eval()
+    if fx['config'].get('kernel_mlp_trainable_omega'):  # not a command-line option of the release
+        model = timm.create_model(model_name, **dict(kwargs, kernel_mlp=dict(kwargs['kernel_mlp'],
+                                                                             trainable_omega=True))).double().eval()
+    model.load_state_dict(checkpoint_filter_fn(fx['state_dict'], model), strict=True)
+    model.set_samples((fx['g_stem'], fx['g_stem_inv']), (fx['g_final'], fx['g_final_inv']))
+    with torch.no_grad():
+        torch.testing.assert_close(model(fx['input']), fx['logits'], rtol=0, atol=1e-6)
+    assert model.sampler.rotation == 'linspace' and model.num_samples == 4
+
+
+def test_release_options_without_equivalent_are_named():
+    for args, message in ((['--inr', 'wire'], '--inr wire'), (['--metric_alpha', '2'], '--metric_alpha 2'),
+                          (['--stem_kernel', '7'], '--stem_kernel 7 with --conv_kernel 5'),
+                          (['--nlayers', '1'], '--nlayers 1')):
+        with pytest.raises(ValueError, match=message):
+            rgenn_model_args(args)
+    assert rgenn_model_args({'ortho_sampler': 'loguniform', 'ortho_bounds': 0.5})[1]['rotation_sampler'] == 'uniform'
+
+
+def test_linspace_sampler_is_the_releases_equidistant():
+    rot, rot_inv = GroupSampler('sl2', 'linspace', 0.5).rotations(5)
+    theta = torch.atan2(rot[:, 1, 0], rot[:, 0, 0])
+    torch.testing.assert_close(theta, torch.linspace(-math.pi / 2, math.pi / 2, 5, dtype=torch.float64))
+    torch.testing.assert_close(rot @ rot_inv, torch.eye(2, dtype=torch.float64).expand(5, 2, 2))
 
 
 def test_param_counts_match_release():

@@ -22,11 +22,15 @@ samples, the signed relative-angle chart, input padding, evaluation samples with
 kernel SIRENs with omega folded into their weights, a wider last conv (`final_width`). On the CPU, wide group convs
 run as Winograd convolutions (`kernels.conv2d_winograd`, the same function to float32 rounding).
 
-The timm feature map is the group-pooled map (max over the samples), so `forward_features` is a (B, C, H, W)
-image-like map that transforms by the spatial action; the head's global max pool over it is the paper's invariant
-max projection over samples and space.
+The timm feature map is the group-pooled map (max over the samples, or their mean with `group_pool='mean'`), so
+`forward_features` is a (B, C, H, W) image-like map that transforms by the spatial action; the head's global max pool
+over it is the paper's invariant max projection over samples and space (with the mean: the release's mean
+projection, `global_pool='avg'`). The release's other model options (`--act relu`, `--conv_norm`, `--head_norm`,
+trainable SIREN frequencies) are arguments here too, and `checkpoint_filter_fn` loads the release's state dicts.
 """
+import logging
 import math
+import re
 from functools import partial
 from typing import List, Optional, Tuple, Union
 
@@ -42,9 +46,13 @@ from timm.models._features import feature_take_indices
 
 from kernels import WINOGRAD_KERNEL_SIZES, conv2d_winograd, winograd_supported
 from ._pretrained import pretrained_weights
+from ._state_dict import unwrap_state_dict
 from .layers import check_image_input, check_kwargs, check_model_args
 
-__all__ = ['GroupSampler', 'LiftingConv2d', 'GroupConv2d', 'LieGroupResNet', 'polar_coordinates']
+__all__ = ['GroupSampler', 'LiftingConv2d', 'GroupConv2d', 'LieGroupResNet', 'polar_coordinates',
+           'checkpoint_filter_fn', 'rgenn_model_args']
+
+_logger = logging.getLogger(__name__)
 
 GROUP_DIMS = {'sl2': 3, 'gl2': 4}
 CONV_BACKENDS = ('auto', 'direct', 'winograd')
@@ -93,7 +101,7 @@ def polar_coordinates(h: torch.Tensor, group: str, signed_angle: bool = False) -
     return torch.stack(coords, -1).to(h.dtype)
 
 
-ROTATION_SAMPLERS = ('equidistant', 'stratified', 'uniform', 'haar')
+ROTATION_SAMPLERS = ('equidistant', 'linspace', 'stratified', 'uniform', 'haar')
 
 
 class GroupSampler:
@@ -101,7 +109,8 @@ class GroupSampler:
 
     Args:
         group: 'sl2' (X traceless) or 'gl2'.
-        rotation: 'equidistant' (angles -pi r + 2 pi r k / N, k < N: no angle counted twice), 'stratified' (one
+        rotation: 'equidistant' (angles -pi r + 2 pi r k / N, k < N: no angle counted twice), 'linspace' (the
+            release's `EquiDistantSO2`: linspace(-pi r, pi r, N), both ends included), 'stratified' (one
             uniform angle in each of the N equal cells of [-pi r, pi r]; the cell midpoints when `jitter` is off, as
             for the fixed evaluation samples), 'uniform' (angles uniform in [-pi r, pi r]) or 'haar' (Haar-uniform
             on SO(2), by QR of a Gaussian matrix).
@@ -130,7 +139,9 @@ class GroupSampler:
             q = q * upper.diagonal(dim1=-2, dim2=-1).sign().unsqueeze(-2)
             q[..., 0] *= torch.det(q).sign().unsqueeze(-1)  # flip reflections into SO(2)
             return q, q.mT
-        if self.rotation in ('equidistant', 'stratified'):
+        if self.rotation == 'linspace':
+            theta = torch.linspace(-r, r, n, dtype=torch.float64)
+        elif self.rotation in ('equidistant', 'stratified'):
             offset = 0.0
             if self.rotation == 'stratified':
                 offset = torch.rand(n, generator=generator, dtype=torch.float64) if jitter else 0.5
@@ -178,15 +189,21 @@ class KernelNet(nn.Module):
 
     fold_omega: keep omega inside the sine layers' weights and biases (sin(W' x + b') with W' = omega W) instead of
     multiplying in `forward`. The function at init is the same, but Adam's steps, whose size does not depend on the
-    gradient's scale, move the sine phases omega times more slowly (why that matters: docs/liegroup.md). Not for
-    the release's checkpoints, which store W.
+    gradient's scale, move the sine phases omega times more slowly (why that matters: docs/liegroup.md). The
+    release's checkpoints (W, b and omega stored apart) are folded on load.
+    trainable_omega: learn the frequencies, one per sine layer (`omega`, (num_hidden + 1,)), as the release's
+    `SineAct(trainable=True)` (`SIRENConfig.trainable_act`) does.
     """
 
     def __init__(self, in_features: int, out_features: int, fan_in: int, hidden: int = 60, num_hidden: int = 2,
-                 first_omega: float = 10.0, omega: float = 10.0, fold_omega: bool = False):
+                 first_omega: float = 10.0, omega: float = 10.0, fold_omega: bool = False,
+                 trainable_omega: bool = False):
         super().__init__()
         if first_omega <= 0 or omega <= 0:
             raise ValueError(f"SIREN frequencies must be positive, got {first_omega}, {omega}")
+        if fold_omega and trainable_omega:
+            raise ValueError("fold_omega and trainable_omega exclude each other: folded frequencies live in the "
+                             "weights")
         dims = [in_features] + [hidden] * (num_hidden + 1)
         self.layers = nn.ModuleList(nn.Linear(d_in, d_out) for d_in, d_out in zip(dims[:-1], dims[1:]))
         omegas = [first_omega] + [omega] * num_hidden
@@ -203,11 +220,20 @@ class KernelNet(nn.Module):
             bound = math.sqrt(6 / hidden) / math.sqrt(fan_in)
             self.fc.weight.uniform_(-bound, bound)
             self.fc.bias.zero_()
+        self.fold_omega = fold_omega
+        self.nominal_omegas = list(omegas)  # the frequencies the function is defined with, folded or not
         self.omegas = [1.0] * len(omegas) if fold_omega else omegas
+        if trainable_omega:
+            self.omega = nn.Parameter(torch.tensor(omegas))
+        else:
+            self.register_parameter('omega', None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
-            x = torch.sin(self.omegas[i] * layer(x))
+            if self.omega is not None:
+                x = torch.sin(self.omega[i] * layer(x))
+            else:
+                x = torch.sin(self.omegas[i] * layer(x))
         return self.fc(x)
 
 
@@ -403,68 +429,121 @@ def layer_norm_3d(x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, x.shape[1:])
 
 
+class LayerNorm3d(nn.Module):
+    """`layer_norm_3d` as a module: the release's default `--conv_norm layernorm3d` (no parameters)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return layer_norm_3d(x)
+
+
+class ChannelLayerNorm3d(nn.LayerNorm):
+    """LayerNorm over the channels of a (B, C, N, H, W) map, affine, eps 1e-6: the release's `--conv_norm
+    layernorm3dg`."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 4, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 4, 1, 2, 3)
+
+
+# The release's `--conv_norm` choices: per-map LayerNorm (default), BatchNorm3d over channels, channel LayerNorm.
+CONV_NORMS = ('layernorm3d', 'batchnorm3d', 'layernorm3dg')
+HEAD_NORMS = ('layernorm', 'batchnorm')  # the release's `--head_norm`
+ACT_LAYERS = ('gelu', 'relu')  # the release's `--act`
+GROUP_POOLS = ('max', 'mean')
+
+
+def conv_norm_layer(kind: str, channels: int) -> nn.Module:
+    if kind == 'layernorm3d':
+        return LayerNorm3d()
+    if kind == 'batchnorm3d':
+        return nn.BatchNorm3d(channels)
+    if kind == 'layernorm3dg':
+        return ChannelLayerNorm3d(channels)
+    raise ValueError(f"conv_norm must be one of {CONV_NORMS}, got {kind!r}")
+
+
+def act_layer_module(kind: str) -> nn.Module:
+    if kind == 'gelu':
+        return nn.GELU()
+    if kind == 'relu':
+        return nn.ReLU()
+    raise ValueError(f"act_layer must be one of {ACT_LAYERS}, got {kind!r}")
+
+
 def group_max_pool2d(x: torch.Tensor) -> torch.Tensor:
     """2x2 spatial max pool of a (B, C, N, H, W) map."""
     return F.max_pool2d(x.flatten(1, 2), 2).unflatten(1, (x.shape[1], x.shape[2]))
 
 
 class LiftingStem(nn.Module):
-    """Lifting conv (no padding: the release found padding hurts on affNIST) -> LayerNorm3d -> GELU
+    """Lifting conv (no padding: the release found padding hurts on affNIST) -> norm (LayerNorm3d) -> act (GELU)
     (-> 2x2 max pool when `pool`, a CPU-budget option that quarters the cost of the next layers)."""
 
-    def __init__(self, conv: nn.Module, pool: bool = False):
+    def __init__(self, conv: nn.Module, channels: int, pool: bool = False, norm: str = 'layernorm3d',
+                 act: str = 'gelu'):
         super().__init__()
         self.conv = conv
-        self.act = nn.GELU()
+        self.norm = conv_norm_layer(norm, channels)
+        self.act = act_layer_module(act)
         self.pool = pool
 
     def forward(self, x: torch.Tensor, g_out_inv: Optional[torch.Tensor]) -> torch.Tensor:
-        x = self.act(layer_norm_3d(self.conv(x, g_out_inv)))
+        x = self.act(self.norm(self.conv(x, g_out_inv)))
         return group_max_pool2d(x) if self.pool else x
 
 
 class ResidualStage(nn.Module):
-    """[group conv -> LN3d -> GELU] x 2 plus identity, GELU, then LN3d -> 2x2 max pool -> GELU.
+    """[group conv -> norm -> act] x 2 plus identity, act, then norm -> 2x2 max pool -> act (norm LayerNorm3d and act
+    GELU by default; `norm1`, `norm2`, `norm3` are the release's block `norm1`, `norm2` and the pre-pool norm).
 
     Input and output live on the same samples (the identity shortcut needs it).
     """
 
-    def __init__(self, conv1: nn.Module, conv2: nn.Module):
+    def __init__(self, conv1: nn.Module, conv2: nn.Module, channels: int, norm: str = 'layernorm3d',
+                 act: str = 'gelu'):
         super().__init__()
         self.conv1, self.conv2 = conv1, conv2
-        self.act = nn.GELU()
+        self.norm1, self.norm2, self.norm3 = (conv_norm_layer(norm, channels) for _ in range(3))
+        self.act = act_layer_module(act)
 
     def forward(self, x: torch.Tensor, g_in: Optional[torch.Tensor], g_out_inv: Optional[torch.Tensor]):
-        y = self.act(layer_norm_3d(self.conv1(x, g_in, g_out_inv)))
-        y = self.act(layer_norm_3d(self.conv2(y, g_in, g_out_inv)))
+        y = self.act(self.norm1(self.conv1(x, g_in, g_out_inv)))
+        y = self.act(self.norm2(self.conv2(y, g_in, g_out_inv)))
         x = self.act(x + y)
-        return self.act(group_max_pool2d(layer_norm_3d(x)))
+        return self.act(group_max_pool2d(self.norm3(x)))
 
 
 class ConvStage(nn.Module):
-    """Group conv (no padding) -> LN3d -> GELU, from the lifting samples to fresh output samples."""
+    """Group conv (no padding) -> norm -> act, from the lifting samples to fresh output samples."""
 
-    def __init__(self, conv: nn.Module):
+    def __init__(self, conv: nn.Module, channels: int, norm: str = 'layernorm3d', act: str = 'gelu'):
         super().__init__()
         self.conv = conv
-        self.act = nn.GELU()
+        self.norm = conv_norm_layer(norm, channels)
+        self.act = act_layer_module(act)
 
     def forward(self, x: torch.Tensor, g_in: Optional[torch.Tensor], g_out_inv: Optional[torch.Tensor]):
-        return self.act(layer_norm_3d(self.conv(x, g_in, g_out_inv)))
+        return self.act(self.norm(self.conv(x, g_in, g_out_inv)))
 
 
 class MlpHead(nn.Module):
-    """Global pool -> Linear (no bias) -> LayerNorm -> GELU -> Dropout -> Linear, as the release's classifier.
+    """Global pool -> Linear (no bias) -> norm (LayerNorm or BatchNorm) -> act -> Dropout -> Linear, as the release's
+    classifier.
 
     With `global_pool=''` the map is returned unpooled and the MLP is skipped (timm's no-pooling contract).
     """
 
     def __init__(self, in_features: int, hidden_size: int, num_classes: int, global_pool: str = 'max',
-                 drop_rate: float = 0.3):
+                 drop_rate: float = 0.3, norm: str = 'layernorm', act: str = 'gelu'):
         super().__init__()
+        if norm not in HEAD_NORMS:
+            raise ValueError(f"head_norm must be one of {HEAD_NORMS}, got {norm!r}")
         self.fc1 = nn.Linear(in_features, hidden_size, bias=False)
-        self.norm = nn.LayerNorm(hidden_size)
-        self.act = nn.GELU()
+        self.norm = nn.LayerNorm(hidden_size) if norm == 'layernorm' else nn.BatchNorm1d(hidden_size)
+        self.act = act_layer_module(act)
         self.drop = nn.Dropout(drop_rate)
         self.reset(num_classes, global_pool)
 
@@ -494,7 +573,7 @@ class LieGroupResNet(nn.Module):
     stem: lifting conv k x k, no padding -> LN3d -> GELU                        (B, C, N, H-k+1, W-k+1)
     stages.0 .. depth-1: residual stage (2 group convs, padding k//2) + 2x2 max pool
     stages.depth: group conv k x k, no padding, to fresh samples -> LN3d -> GELU
-    features: max over samples (B, C, H', W'); head: global max pool -> MLP (256) -> classes.
+    features: max (or mean) over samples (B, C, H', W'); head: global max pool -> MLP (256) -> classes.
 
     Args:
         group: 'sl2', 'gl2', or 'none' for the plain CNN baseline (ordinary learned kernels, one sample).
@@ -517,8 +596,17 @@ class LieGroupResNet(nn.Module):
             the centre of each cell).
         drop_rate: dropout in the head MLP. drop_path_rate: accepted for timm's train.py; this model has no
             stochastic depth, so it must be 0.
-        kernel_mlp: SIREN options (hidden, num_hidden, first_omega, omega, fold_omega); the paper: 60 wide, 3 sine
-            layers, omega 10, not folded. The small configurations fold omega (see `KernelNet`).
+        kernel_mlp: SIREN options (hidden, num_hidden, first_omega, omega, fold_omega, trainable_omega); the paper:
+            60 wide, 3 sine layers, omega 10, not folded, fixed. The small configurations fold omega (`KernelNet`).
+        group_pool: how the features are pooled over the samples: 'max' (the paper) or 'mean'.
+        act_layer: 'gelu' (the paper) or 'relu', everywhere (the release's `--act`).
+        conv_norm: the norm after every conv, 'layernorm3d' (the paper: over channels, samples and space, no
+            parameters), 'batchnorm3d' or 'layernorm3dg' (channels only, affine): the release's `--conv_norm`.
+        head_norm: the head MLP's norm, 'layernorm' (the paper) or 'batchnorm' (the release's `--head_norm`).
+
+    The release's `--global_pool max` is `group_pool='max', global_pool='max'` (the default); its `--global_pool mean`
+    (the mean over samples and space) is `group_pool='mean', global_pool='avg'`. `global_pool='avg'` alone (a max
+    over the samples, then a spatial mean) is not a release option.
     """
 
     def __init__(
@@ -547,6 +635,10 @@ class LieGroupResNet(nn.Module):
             eval_resample: bool = False,
             eval_spd: str = 'sampled',
             kernel_mlp: Optional[dict] = None,
+            group_pool: str = 'max',
+            act_layer: str = 'gelu',
+            conv_norm: str = 'layernorm3d',
+            head_norm: str = 'layernorm',
     ):
         super().__init__()
         if group not in ('sl2', 'gl2', 'none'):
@@ -557,6 +649,10 @@ class LieGroupResNet(nn.Module):
             raise ValueError(f"LieGroupResNet: kernel_size must be an odd integer >= 1, got {kernel_size!r}")
         check_kwargs('LieGroupResNet', kernel_mlp or {}, KernelNet, exclude=('in_features', 'out_features', 'fan_in'),
                      what='kernel_mlp key')
+        for name, value, allowed in (('group_pool', group_pool, GROUP_POOLS), ('act_layer', act_layer, ACT_LAYERS),
+                                     ('conv_norm', conv_norm, CONV_NORMS), ('head_norm', head_norm, HEAD_NORMS)):
+            if value not in allowed:
+                raise ValueError(f"LieGroupResNet: {name} must be one of {allowed}, got {value!r}")
         final_width = width if final_width is None else final_width
         if min(num_samples, width, final_width, depth) < 1:
             raise ValueError(f"num_samples, width, final_width and depth must be >= 1, "
@@ -594,12 +690,18 @@ class LieGroupResNet(nn.Module):
                            conv_backend=conv_backend)
         k = kernel_size
         self.stem_pool = stem_pool
-        self.stem = LiftingStem(lift(in_chans, width, k, padding=0), pool=stem_pool)
-        stages = [ResidualStage(conv(width, width, k, padding=k // 2), conv(width, width, k, padding=k // 2))
+        self.group_pool, self.act_layer, self.conv_norm, self.head_norm = group_pool, act_layer, conv_norm, head_norm
+        self.signed_angle = signed_angle
+        self.kernel_mlp = dict(kernel_mlp or {})
+        na = dict(norm=conv_norm, act=act_layer)
+        self.stem = LiftingStem(lift(in_chans, width, k, padding=0), width, pool=stem_pool, **na)
+        stages = [ResidualStage(conv(width, width, k, padding=k // 2), conv(width, width, k, padding=k // 2), width,
+                                **na)
                   for _ in range(depth)]
-        stages.append(ConvStage(conv(width, final_width, k, padding=0)))
+        stages.append(ConvStage(conv(width, final_width, k, padding=0), final_width, **na))
         self.stages = nn.ModuleList(stages)
-        self.head = MlpHead(final_width, head_hidden_size, num_classes, global_pool, drop_rate)
+        self.head = MlpHead(final_width, head_hidden_size, num_classes, global_pool, drop_rate, norm=head_norm,
+                            act=act_layer)
 
         r = 2 if stem_pool else 1
         self.feature_info = [dict(num_chs=width, reduction=r, module='stem')]
@@ -715,7 +817,7 @@ class LieGroupResNet(nn.Module):
         else:
             x = self.stem(x, g_inv)
         if 0 in collect:
-            pooled.append(x.amax(2))
+            pooled.append(self._group_pool(x))
         for i, stage in enumerate(self.stages):
             if i < stop:
                 out_inv = g_final_inv if i == self.depth else g_inv  # the last conv maps to fresh samples
@@ -724,12 +826,16 @@ class LieGroupResNet(nn.Module):
                 else:
                     x = stage(x, g, out_inv)
                 if i + 1 in collect:
-                    pooled.append(x.amax(2))
+                    pooled.append(self._group_pool(x))
         return x, pooled
+
+    def _group_pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooling over the samples: (B, C, N, H, W) -> (B, C, H, W)."""
+        return x.mean(2) if self.group_pool == 'mean' else x.amax(2)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x, _ = self._forward_group(x, len(self.stages), [])
-        return x.amax(2)  # group pooling: (B, C, N, H, W) -> (B, C, H, W)
+        return self._group_pool(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
@@ -756,7 +862,7 @@ class LieGroupResNet(nn.Module):
         intermediates = [self._crop_to_image(f, i, size) for f, i in zip(pooled, sorted(take_indices))]
         if intermediates_only:
             return intermediates
-        return x.amax(2), intermediates
+        return self._group_pool(x), intermediates
 
     def _crop_to_image(self, x: torch.Tensor, level: int, size) -> torch.Tensor:
         """The positions of feature level `level` whose receptive field is centred on the (unpadded) image.
@@ -782,31 +888,219 @@ class LieGroupResNet(nn.Module):
         return take_indices
 
 
-def checkpoint_filter_fn(state_dict: dict, model: LieGroupResNet) -> dict:
-    """Map a released rgenn GResNet state dict (optionally under `model.` of its SamplingWrapper) to ours.
+_RELEASE_BUFFERS = ('g_tilde', 'g_inv', 'grid')  # per-layer samples and sampling grid: not weights
 
-    Drops the release's sample buffers, grids, group constants and the fixed SIREN frequencies.
+
+def _frequency_advice(found: List[List[float]]) -> str:
+    """What the release was run with, given every kernel network's frequencies `act_layer.a`."""
+    first, rest = found[0][0], found[0][1:] or found[0][:1]
+    if all(f == found[0] for f in found) and max(rest) - min(rest) <= 1e-6 * abs(rest[0]):
+        return (f"--siren_first_w0 {first:g} --siren_w0 {rest[0]:g}: build the model with "
+                f"kernel_mlp=dict(first_omega={first:g}, omega={rest[0]:g})")
+    return ("frequencies that differ between layers, i.e. trained ones (SineAct(trainable=True)): build the model "
+            "with kernel_mlp=dict(trainable_omega=True)")
+
+
+def _check_release_compatible(model: 'LieGroupResNet'):
+    """ValueError naming the first option of `model` that a released rgenn checkpoint cannot have been trained with."""
+    problems = []
+    if model.group == 'none':
+        problems.append("group='none' (the plain CNN has no release counterpart)")
+    if model.stem_pool:
+        problems.append('stem_pool=True (the release has no pool after the stem)')
+    if model.input_pad:
+        problems.append(f'input_pad={model.input_pad} (the release does not pad its input)')
+    if model.signed_angle:
+        problems.append('signed_angle=True (the release feeds the relative angle in [0, 2 pi) to its kernels)')
+    if model.num_features != model.stem.conv.out_chans:
+        problems.append(f'final_width={model.num_features} (the release keeps the width, {model.stem.conv.out_chans})')
+    pools = (model.group_pool, model.head.global_pool)
+    if model.head.global_pool and pools not in (('max', 'max'), ('mean', 'avg')):
+        problems.append(
+            f"group_pool={pools[0]!r} with global_pool={pools[1]!r} (the release's --global_pool max is "
+            f"group_pool='max', global_pool='max'; its --global_pool mean, the mean over samples and space, is "
+            f"group_pool='mean', global_pool='avg')")
+    if problems:
+        raise ValueError('LieGroupResNet: a released rgenn checkpoint has no equivalent of this model\'s '
+                         + '; '.join(problems) + '. Build the model without it to load the file.')
+
+
+def checkpoint_filter_fn(state_dict: dict, model: LieGroupResNet) -> dict:
+    """Map a released rgenn GResNet state dict (plain, under `model.` of its SamplingWrapper, or in a
+    `{'state_dict': ...}` / `{'model': ...}` wrapper) onto `model`, or refuse it with the option that differs.
+
+    Converted: parameter names; the norms of `--conv_norm batchnorm3d | layernorm3dg` and `--head_norm batchnorm`;
+    the SIREN frequencies `act_layer.a` (equal to the model's: dropped; trainable frequencies,
+    `kernel_mlp=dict(trainable_omega=True)`: loaded; a model with `fold_omega`: folded into the weights).
+    Refused (ValueError naming the release option and the argument to build with): another group (`--liegroup`),
+    `--metric_alpha` other than 1 (no equivalent), other SIREN frequencies (`--siren_w0`, `--siren_first_w0`),
+    another conv or head norm (`--conv_norm`, `--head_norm`), and a model with options the release does not have
+    (stem_pool, input_pad, signed_angle, final_width, or a pooling that is neither `--global_pool max` nor `mean`).
+    Warned: another number of samples (`--gsamples`) or positive-definite spread (`--spd_bounds`) than the model's
+    sampler: sampling choices, not weights.
+    Not visible in a state dict, hence the caller's to match: `--global_pool mean` (group_pool='mean',
+    global_pool='avg') and `--act relu` (act_layer='relu').
     """
-    if 'stem.conv.kernel_net.fc.weight' in state_dict:
-        return state_dict
+    state_dict = unwrap_state_dict(state_dict)
+    if any(k.startswith(('stem.conv.', 'stages.')) for k in state_dict):
+        return state_dict  # this project's layout
+    state_dict = {k.removeprefix('model.'): v for k, v in state_dict.items()}
+    _check_release_compatible(model)
+
+    def constant(suffix):
+        key = next((k for k in state_dict if k == suffix or k.endswith('.' + suffix)), None)
+        return state_dict.get(key) if key else None
+
+    # Group and sampler constants the release stores as buffers.
+    basis = constant('group.basis.basis_matrix')
+    if basis is not None:
+        release_group = {3: 'sl2', 4: 'gl2'}.get(basis.shape[0])
+        if release_group and release_group != model.group:
+            raise ValueError(f"LieGroupResNet: the checkpoint was trained with --liegroup {release_group}, the model "
+                             f"is group={model.group!r}; build liegroup_{release_group}")
+    rotation_basis = constant('group.orthogonal.basis_matrix')
+    if rotation_basis is not None:
+        alpha = 1.0 / (2.0 * float(rotation_basis.reshape(-1)[2]) ** 2)
+        if abs(alpha - 1.0) > 1e-4:
+            raise ValueError(f"LieGroupResNet: the checkpoint was trained with --metric_alpha {alpha:.4g}, which "
+                             f"rescales the kernels' group coordinates; this model has no equivalent (only 1)")
+    cov = constant('group.spd_sampler.cov')
+    if cov is not None and abs(float(cov[0, 0]) - model.sampler.spd_spread) > 1e-6:
+        _logger.warning(f"LieGroupResNet: the checkpoint was trained with --spd_bounds {float(cov[0, 0]):.4g}, the "
+                        f"model samples with spd_spread={model.sampler.spd_spread:g} (a sampling choice: pass "
+                        f"spd_spread={float(cov[0, 0]):.4g} to sample as in training)")
+    samples = next((v for k, v in state_dict.items() if k.endswith('.g_tilde')), None)
+    if samples is not None and samples.shape[0] != model.num_samples:
+        _logger.warning(f"LieGroupResNet: the checkpoint was trained with --gsamples {samples.shape[0]}, the model "
+                        f"uses num_samples={model.num_samples} (a sampling choice: pass num_samples="
+                        f"{samples.shape[0]} to sample as in training)")
+
+    # Norm variants, read off the keys.
+    ckpt_conv_norm = 'batchnorm3d' if 'stem.1.bn.weight' in state_dict else \
+        'layernorm3dg' if 'stem.1.weight' in state_dict else 'layernorm3d'
+    if ckpt_conv_norm != model.conv_norm:
+        raise ValueError(f"LieGroupResNet: the checkpoint was trained with --conv_norm {ckpt_conv_norm}, the model "
+                         f"has conv_norm={model.conv_norm!r}; build it with conv_norm={ckpt_conv_norm!r}")
+    ckpt_head_norm = 'batchnorm' if 'fc.1.running_mean' in state_dict else 'layernorm'
+    if ckpt_head_norm != model.head_norm:
+        raise ValueError(f"LieGroupResNet: the checkpoint was trained with --head_norm {ckpt_head_norm}, the model "
+                         f"has head_norm={model.head_norm!r}; build it with head_norm={ckpt_head_norm!r}")
+
     depth = len(model.stages) - 1
-    out = {}
+    out, frequencies = {}, {}
     for key, value in state_dict.items():
-        key = key.removeprefix('model.')
-        if any(s in key for s in ('g_tilde', 'g_inv', '.grid', 'group.', 'act_layer.a')) or key.startswith('group'):
+        if key.startswith('group.') or '.group.' in key or key.rsplit('.', 1)[-1] in _RELEASE_BUFFERS:
             continue
-        key = key.replace('inr.kernel_net.net.', 'kernel_net.layers.').replace('.linear.', '.')
-        key = key.replace('inr.final_linear.', 'kernel_net.fc.')
-        key = key.replace('stem.0.', 'stem.conv.')
-        if key.startswith('blocks.'):
+        key = key.replace('.bn.', '.')  # BatchNorm3d is wrapped in the release
+        if key.startswith('stem.0.'):
+            key = 'stem.conv.' + key[len('stem.0.'):]
+        elif key.startswith('stem.1.'):
+            key = 'stem.norm.' + key[len('stem.1.'):]
+        elif key.startswith('blocks.'):
             index, rest = key[len('blocks.'):].split('.', 1)
             index = int(index)
-            # Release: per stage [block, LN3d, pool, GELU] at 4 * i, then the final conv at 4 * depth.
-            stage = index // 4 if index < 4 * depth else depth
-            key = f'stages.{stage}.{rest}' if stage < depth else f'stages.{depth}.conv.{rest}'
-        key = key.replace('fc.0.', 'head.fc1.').replace('fc.1.', 'head.norm.').replace('fc.4.', 'head.fc.')
-        out[key] = value
+            # Release: per stage [block, norm, pool, act] at 4 i .. 4 i + 3, then the final conv and its norm.
+            if index < 4 * depth:
+                stage, part = divmod(index, 4)
+                if rest.startswith('downsample.'):
+                    raise ValueError('LieGroupResNet: the checkpoint has a residual block with a downsampling '
+                                     'shortcut (unequal --blocks_dim widths), which this model does not have')
+                key = f'stages.{stage}.{rest}' if part == 0 else f'stages.{stage}.norm3.{rest}'
+            else:
+                key = f'stages.{depth}.{"conv" if index == 4 * depth else "norm"}.{rest}'
+        elif key.startswith('fc.'):
+            key = key.replace('fc.0.', 'head.fc1.').replace('fc.1.', 'head.norm.').replace('fc.4.', 'head.fc.')
+        match = re.match(r'(.*)inr\.kernel_net\.net\.(\d+)\.act_layer\.a$', key)
+        if match:
+            frequencies.setdefault(match.group(1), {})[int(match.group(2))] = float(value.reshape(-1)[0])
+            continue
+        key = re.sub(r'inr\.kernel_net\.net\.(\d+)\.linear\.', r'kernel_net.layers.\1.', key)
+        out[key.replace('inr.final_linear.', 'kernel_net.fc.')] = value
+
+    # SIREN frequencies: per conv, compared with (or loaded into, or folded into) the model's kernel network.
+    mismatched = []
+    for name, net in model.named_modules():
+        if not isinstance(net, KernelNet):
+            continue
+        prefix = name[:-len('kernel_net')]
+        found = frequencies.get(prefix)
+        a = [found[i] for i in sorted(found)] if found else list(net.nominal_omegas)
+        if found and len(a) != len(net.layers):
+            continue  # another depth of SIREN: the shape check reports it
+        if net.omega is not None:
+            out[name + '.omega'] = torch.tensor(a, dtype=net.omega.dtype)
+        elif net.fold_omega:
+            for i, w in enumerate(a):
+                for leaf in ('weight', 'bias'):
+                    k = f'{name}.layers.{i}.{leaf}'
+                    if k in out:
+                        out[k] = out[k] * w
+        elif any(abs(x - y) > 1e-6 * abs(y) for x, y in zip(a, net.nominal_omegas)):
+            mismatched.append((prefix, a, net.nominal_omegas))
+    if mismatched:
+        prefix, a, own = mismatched[0]
+        raise ValueError(
+            f"LieGroupResNet: the checkpoint's SIREN frequencies (act_layer.a) differ from the model's in "
+            f"{len(mismatched)} kernel network(s), e.g. {prefix}kernel_net: {[round(x, 6) for x in a]} vs {own}. "
+            f"It was trained with {_frequency_advice([m[1] for m in mismatched])}")
     return out
+
+
+# The release's train.py model options and their defaults (everything else it takes is about training).
+RGENN_MODEL_OPTIONS = dict(
+    nlayers=2, blocks_dim=40, stem_kernel=5, conv_kernel=5, global_pool='max', act='gelu', conv_norm='layernorm3d',
+    head_norm='layernorm', inr='siren', inr_dim=60, inr_nlayers=2, siren_w0=10.0, siren_first_w0=10.0, gsamples=10,
+    liegroup='sl2', metric_alpha=1.0, spd_bounds=0.1, ortho_sampler='equi_distant', ortho_bounds=1.0)
+
+
+def rgenn_model_args(args) -> Tuple[str, dict]:
+    """The registered name and keyword arguments of the model a release `train.py` run builds, e.g.
+    `name, kwargs = rgenn_model_args(['--liegroup', 'gl2', '--global_pool', 'mean'])`, then
+    `timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...), **kwargs)`.
+
+    `args`: the run's command-line arguments (a list of strings), or its options as a dict or argparse Namespace
+    (release names; missing ones take the release defaults, training options are ignored). An option without an
+    equivalent raises ValueError naming it: `--inr wire`, `--metric_alpha` other than 1, `--stem_kernel` unlike
+    `--conv_kernel`, `--nlayers` below 2. Evaluation keeps this project's fixed samples (the release draws new ones
+    at every call: add `eval_resample=True` for that).
+    """
+    if isinstance(args, (list, tuple)):
+        import argparse
+        parser = argparse.ArgumentParser(add_help=False)
+        for name, default in RGENN_MODEL_OPTIONS.items():
+            parser.add_argument(f'--{name}', type=type(default), default=default)
+        args = vars(parser.parse_known_args(list(args))[0])
+    elif not isinstance(args, dict):
+        args = vars(args)
+    o = dict(RGENN_MODEL_OPTIONS, **{k: v for k, v in args.items() if k in RGENN_MODEL_OPTIONS})
+    refused = []
+    if o['inr'] != 'siren':
+        refused.append(f"--inr {o['inr']} (only the SIREN kernel network exists here)")
+    if float(o['metric_alpha']) != 1.0:
+        refused.append(f"--metric_alpha {o['metric_alpha']} (the group coordinates here use the metric 1)")
+    if o['stem_kernel'] != o['conv_kernel']:
+        refused.append(f"--stem_kernel {o['stem_kernel']} with --conv_kernel {o['conv_kernel']} (one kernel_size "
+                       f"serves every layer here)")
+    if o['nlayers'] < 2:
+        refused.append(f"--nlayers {o['nlayers']} (no residual block; depth must be >= 1 here)")
+    samplers = {'equi_distant': 'linspace', 'loguniform': 'uniform', 'haar': 'haar'}
+    if o['ortho_sampler'] not in samplers:
+        refused.append(f"--ortho_sampler {o['ortho_sampler']}")
+    for name, allowed in (('global_pool', ('max', 'mean')), ('act', ACT_LAYERS), ('conv_norm', CONV_NORMS),
+                          ('head_norm', HEAD_NORMS), ('liegroup', ('sl2', 'gl2'))):
+        if o[name] not in allowed:
+            refused.append(f"--{name} {o[name]} (choices here: {', '.join(allowed)})")
+    if refused:
+        raise ValueError('rgenn options without an equivalent in LieGroupResNet: ' + '; '.join(refused))
+    kwargs = dict(
+        group=o['liegroup'], num_samples=o['gsamples'], width=o['blocks_dim'], depth=o['nlayers'] - 1,
+        kernel_size=o['conv_kernel'], act_layer=o['act'], conv_norm=o['conv_norm'], head_norm=o['head_norm'],
+        spd_spread=o['spd_bounds'], rotation_sampler=samplers[o['ortho_sampler']], rotation_range=o['ortho_bounds'],
+        kernel_mlp=dict(hidden=o['inr_dim'], num_hidden=o['inr_nlayers'], first_omega=float(o['siren_first_w0']),
+                        omega=float(o['siren_w0'])))
+    if o['global_pool'] == 'mean':
+        kwargs.update(group_pool='mean', global_pool='avg')
+    return f"liegroup_{o['liegroup']}", kwargs
 
 
 # ---------------------------------------------------------------------------------------------------------------
