@@ -370,7 +370,7 @@ def test_bench_reports_timm_keys(tmp_path, capsys):
     deploy = ex.inference_form(model, model_input, reparam=False)[0]
     rows = ex.bench(deploy, tmp_path / 'm.onnx', 'onnx', model_input, 'liegroup_cnn_small',
                     sum(p.numel() for p in model.parameters()), batch_sizes=(1, 2), num_warm=1, num_bench=2,
-                    compile=False)
+                    rounds=2, compile=False)
     assert [(r['runtime'], r['infer_batch_size']) for r in rows] == [
         ('eager', 1), ('onnxruntime', 1), ('eager', 2), ('onnxruntime', 2)]
     for row in rows:
@@ -382,7 +382,7 @@ def test_bench_reports_timm_keys(tmp_path, capsys):
 @pytest.mark.slow
 def test_bench_cli_with_torch_compile(tmp_path, capsys):
     argv = ['liegroup_cnn_small', '--out', str(tmp_path / 'm.onnx'), '--bench', '--bench-batch-sizes', '1', '4',
-            '--num-warm-iter', '1', '--num-bench-iter', '2']
+            '--num-warm-iter', '1', '--num-bench-iter', '2', '--bench-rounds', '1']
     assert ex.main(argv) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{')]
     assert [r['runtime'] for r in rows] == ['eager', 'torch.compile', 'onnxruntime'] * 2

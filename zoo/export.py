@@ -29,8 +29,8 @@ Verification reports the largest absolute difference from the eager model and th
 largest eager output (the logit scale), and fails beyond the float32 error budget of `error_budget` (or `--rtol`).
 
 `--bench` times the exported file in its runtime beside the eager inference form and its `torch.compile`, in the same
-process, at batch 1 (latency) and 16 (throughput), with timm's benchmark keys plus `runtime`; one JSON object per
-runtime and batch size on stdout. The token ids that SeqNet checks in eager mode are not checked by an exported graph
+process, at batch 1 (latency) and 16 (throughput), in interleaved rounds (the median round counts), with timm's
+benchmark keys plus `runtime`; one JSON object per runtime and batch size on stdout. The token ids that SeqNet checks in eager mode are not checked by an exported graph
 (a graph cannot branch on data); onnxruntime still rejects ids outside the vocabulary.
 """
 import argparse
@@ -485,10 +485,8 @@ def _onnx_opset(path) -> Optional[int]:
 
 # ----------------------------------------------------------------------------------------------------- bench
 
-def _timed(step: Callable[[], object], num_warm: int, num_bench: int) -> Tuple[float, float]:
+def _timed_loop(step: Callable[[], object], num_bench: int) -> Tuple[float, float]:
     """(wall seconds of the timed loop, summed step seconds), as timm's benchmark and zoo.bench time a loop."""
-    for _ in range(num_warm):
-        step()
     total_step = 0.
     t_start = time.perf_counter()
     for _ in range(num_bench):
@@ -500,9 +498,14 @@ def _timed(step: Callable[[], object], num_warm: int, num_bench: int) -> Tuple[f
 
 def bench(deploy: nn.Module, path, fmt: str, model_input: ModelInput, model_name: str, param_count: int,
           batch_sizes: Sequence[int] = (1, 16), threads: Optional[int] = None, num_warm: int = 5,
-          num_bench: int = 20, compile: bool = True) -> List[Dict]:
+          num_bench: int = 10, rounds: int = 3, compile: bool = True) -> List[Dict]:
     """Inference speed of the exported file in its runtime beside eager PyTorch and torch.compile of the same
-    inference form, in this process, on the CPU. One dict per runtime and batch size, with timm's benchmark keys."""
+    inference form, in this process, on the CPU. One dict per runtime and batch size, with timm's benchmark keys.
+
+    Per batch size, every runtime is warmed up, then timed in `rounds` interleaved rounds of `num_bench` steps
+    (eager, compile, export, eager, ...), and the median round is reported: load from other processes then falls on
+    all runtimes alike instead of on whichever ran at the time.
+    """
     if threads:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
@@ -515,10 +518,18 @@ def bench(deploy: nn.Module, path, fmt: str, model_input: ModelInput, model_name
     rows = []
     for batch_size in batch_sizes:
         inputs = model_input.make(batch_size)
-        for runtime, fn in runtimes:
-            step = (lambda fn=fn: fn(inputs)) if fn is run_exported else (lambda fn=fn: fn(*inputs))
-            with torch.inference_mode():
-                elapsed, total_step = _timed(step, num_warm, num_bench)
+        steps = {runtime: (lambda fn=fn: fn(inputs)) if fn is run_exported else (lambda fn=fn: fn(*inputs))
+                 for runtime, fn in runtimes}
+        timings = {runtime: [] for runtime in steps}
+        with torch.inference_mode():
+            for step in steps.values():
+                for _ in range(num_warm):
+                    step()
+            for _ in range(rounds):
+                for runtime, step in steps.items():
+                    timings[runtime].append(_timed_loop(step, num_bench))
+        for runtime, loops in timings.items():
+            elapsed, total_step = sorted(loops)[len(loops) // 2]
             row = dict(model=model_name, runtime=runtime,
                        infer_samples_per_sec=round(batch_size * num_bench / elapsed, 2),
                        infer_step_time=round(1000 * total_step / num_bench, 3), infer_batch_size=batch_size,
@@ -564,8 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_group.add_argument('--bench-batch-sizes', type=int, nargs='+', default=[1, 16], metavar='N')
     bench_group.add_argument('--threads', type=int, default=None,
                              help='intra-op threads for every runtime (default: torch.get_num_threads())')
-    bench_group.add_argument('--num-warm-iter', type=int, default=5, metavar='N')
-    bench_group.add_argument('--num-bench-iter', type=int, default=20, metavar='N')
+    bench_group.add_argument('--num-warm-iter', type=int, default=5, metavar='N', help='untimed steps per runtime')
+    bench_group.add_argument('--num-bench-iter', type=int, default=10, metavar='N', help='timed steps per round')
+    bench_group.add_argument('--bench-rounds', type=int, default=3, metavar='R',
+                             help='interleaved timed rounds per runtime; the median round is reported')
     bench_group.add_argument('--no-compile', action='store_true', help='leave torch.compile out of the benchmark')
     return parser
 
@@ -593,7 +606,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             deploy, _ = inference_form(model, model_input, result['reparameterized'])
             bench(deploy, out, args.format, model_input, info['model'], sum(p.numel() for p in model.parameters()),
                   args.bench_batch_sizes, args.threads, args.num_warm_iter, args.num_bench_iter,
-                  compile=not args.no_compile)
+                  args.bench_rounds, compile=not args.no_compile)
     except ExportError as e:
         print(f"zoo.export: error: {e}", file=sys.stderr)
         return 1
