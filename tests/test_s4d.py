@@ -10,24 +10,26 @@ from zoo.models.s4d import S4D, S4DKernel, legs_diagonal, s4d_init, vandermonde_
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 's4d'
 BLOCK_FIXTURES = sorted(FIXTURES.glob('block_*.pt'))
-OFFICIAL_INIT_NAMES = {'diag-lin': 'lin', 'diag-inv': 'inv', 'legs': 'legs', 'diag-real': 'real'}
+OFFICIAL_OPTIONS = ('dt_transform', 'dt_tie', 'dt_fast', 'bandlimit', 'final_act', 'activation')
 
 
 def _load(path):
     return torch.load(path, weights_only=True)
 
 
-def _from_official_block(sd):
-    """State dict of the official `models/s4/s4.py::S4Block(mode='diag', dt_transform='exp')` in this layer's layout.
+def _from_official_block(sd, layer=None):
+    """State dict of the official `models/s4/s4.py::S4Block(mode='diag')` in this layer's layout.
 
     The official layer stores A = -exp(A_real) - i A_imag and 2-D projection weights; ours A = -exp(log_A_real) +
-    i A_imag and a 1x1 conv.
+    i A_imag and a 1x1 conv. Its `inv_dt` is this layer's `log_dt` for dt = exp(.) and `inv_dt` otherwise.
     """
     D = sd['layer.D']
     C = sd['layer.kernel.C']
+    inv_dt = sd['layer.kernel.inv_dt']
+    dt_name = layer.kernel.dt_name if layer is not None else 'log_dt'
     return {
         'D': D[0] if D.shape[0] == 1 else D,
-        'kernel.log_dt': sd['layer.kernel.inv_dt'][:, 0],
+        f'kernel.{dt_name}': inv_dt[:, 0] if inv_dt.shape[-1] == 1 else inv_dt,
         'kernel.log_A_real': sd['layer.kernel.A_real'],
         'kernel.A_imag': -sd['layer.kernel.A_imag'],
         'kernel.B': sd['layer.kernel.B'][0],
@@ -38,9 +40,11 @@ def _from_official_block(sd):
 
 
 def _ours_for_block(kw, **extra):
+    """The official block's arguments, official names included (init 'diag-inv', dt_transform, final_act, ...)."""
+    options = {k: kw[k] for k in OFFICIAL_OPTIONS if k in kw}
     return S4D(
-        kw['d_model'], kw['d_state'], init=OFFICIAL_INIT_NAMES[kw['init']], disc=kw['disc'],
-        bidirectional=kw['bidirectional'], channels=kw.get('channels', 1), n_ssm=kw['n_ssm'], learn_B=True, **extra)
+        kw['d_model'], kw['d_state'], init=kw['init'], disc=kw['disc'], bidirectional=kw['bidirectional'],
+        channels=kw.get('channels', 1), n_ssm=kw['n_ssm'], learn_B=True, **options, **extra)
 
 
 def test_minimal_official_state_dict_loads_and_matches():
@@ -57,7 +61,7 @@ def test_minimal_official_state_dict_loads_and_matches():
 def test_official_block_outputs(path):
     fx = _load(path)
     layer = _ours_for_block(fx['kwargs']).eval()
-    layer.load_state_dict(_from_official_block(fx['state_dict']))
+    layer.load_state_dict(_from_official_block(fx['state_dict'], layer))
     with torch.no_grad():
         torch.testing.assert_close(layer(fx['input']), fx['output'], rtol=1e-4, atol=1e-5)
 
@@ -73,8 +77,11 @@ def test_initialization_matches_official(path):
     official_B = torch.view_as_complex(sd['layer.kernel.B'][0])
     torch.testing.assert_close(torch.view_as_complex(kernel.B), official_B.conj(), rtol=1e-4, atol=1e-4)
     assert kernel.C.shape == _from_official_block(sd)['kernel.C'].shape
-    dt = kernel.log_dt.exp()
-    assert dt.min() >= 1e-3 and dt.max() <= 1e-1
+    dt = kernel.dt(torch.float32)
+    assert dt.min() >= 1e-3 * (1 - 1e-5) and dt.max() <= 1e-1 * (1 + 1e-5)
+    official_dt = sd['layer.kernel.inv_dt']
+    ours = getattr(kernel, kernel.dt_name)
+    assert ours.shape == (official_dt.shape[:1] if official_dt.shape[-1] == 1 else official_dt.shape)
 
 
 def test_named_initializations():
@@ -225,3 +232,117 @@ def test_low_precision_parameters_and_autocast_keep_a_float32_kernel():
         y = layer(x.bfloat16())
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), reference, rtol=0.05, atol=0.05)
+
+
+# ------------------------------------------------------------------------------------------ recurrent mode
+
+@pytest.mark.parametrize('options', [
+    dict(),  # the minimal layer
+    dict(disc='bilinear', init='inv', learn_B=True, channels=2, n_ssm=2),
+    dict(init='diag', dt_transform='softplus', dt_tie=False, bandlimit=0.5, n_ssm=4),
+    dict(init='legs', dt_fast=True, dt_transform='sigmoid', final_act='tanh', activation='relu', transposed=False),
+], ids=['minimal', 'bilinear_channels', 'softplus_untied_bandlimit', 'legs_fast_tanh'])
+def test_step_reproduces_the_convolution(options):
+    """Stepping the recurrence through a sequence gives the convolution's outputs (float64: to rounding)."""
+    torch.manual_seed(0)
+    layer = S4D(8, 16, **options).double().eval()
+    x = torch.randn(2, 8, 300, dtype=torch.float64)
+    with torch.no_grad():
+        y = layer(x if layer.transposed else x.transpose(1, 2))
+        y = y if layer.transposed else y.transpose(1, 2)
+        state = layer.default_state(2)
+        assert state.shape == (2, 8, 8) and state.dtype == torch.complex128
+        steps = []
+        for t in range(x.shape[-1]):
+            y_t, state = layer.step(x[..., t], state)
+            steps.append(y_t)
+    torch.testing.assert_close(torch.stack(steps, -1), y, rtol=0, atol=1e-12)
+
+
+def test_step_in_float32_and_refusals():
+    torch.manual_seed(0)
+    layer = S4D(8, 16, init='inv', disc='bilinear').eval()
+    x = torch.randn(1, 8, 100)
+    with torch.no_grad():
+        state, steps = layer.default_state(1), []
+        for t in range(100):
+            y_t, state = layer.step(x[..., t], state)
+            steps.append(y_t)
+        torch.testing.assert_close(torch.stack(steps, -1), layer(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match='bidirectional'):
+        S4D(8, 16, bidirectional=True).step(x[..., 0], None)
+    with pytest.raises(ValueError, match="'dss'"):
+        S4D(8, 16, disc='dss').default_state(1)
+    with pytest.raises(ValueError, match=r'\(B, H=8\)'):
+        layer.step(x, layer.default_state(1))
+
+
+# ------------------------------------------------------------------------------------------ official options
+
+def test_official_init_names_and_new_inits():
+    for official, ours in (('diag-lin', 'lin'), ('diag-inv', 'inv'), ('diag-inv2', 'inv2'), ('diag-quad', 'quad'),
+                           ('diag-legs', 'legs'), ('diag-real', 'real')):
+        torch.testing.assert_close(s4d_init(official, 8, 2)[1], s4d_init(ours, 8, 2)[1])
+    _, imag, _ = s4d_init('inv2', 8, 1)
+    torch.testing.assert_close(imag[0], 8 / math.pi * (8 / (torch.arange(4.0) + 1) - 1))
+    _, imag, _ = s4d_init('quad', 8, 1)
+    torch.testing.assert_close(imag[0], (2 * torch.arange(4.0) + 1) ** 2 / math.pi)
+    _, imag, _ = s4d_init('diag', 8, 4)  # half S4D-Inv copies, then half S4D-Lin
+    torch.testing.assert_close(imag[:2], s4d_init('inv', 8, 2)[1])
+    torch.testing.assert_close(imag[2:], s4d_init('lin', 8, 2)[1])
+    with pytest.raises(ValueError, match='even'):
+        s4d_init('diag', 8, 3)
+
+
+def test_dt_parameterizations_keep_the_initial_step_sizes():
+    for transform in ('exp', 'softplus', 'sigmoid', 'relu', 'none'):
+        for fast in (False, True):
+            torch.manual_seed(0)
+            kernel = S4D(8, 16, dt_transform=transform, dt_fast=fast).kernel
+            torch.manual_seed(0)
+            reference = S4D(8, 16).kernel
+            name = 'log_dt' if transform == 'exp' and not fast else 'inv_dt'
+            assert kernel.dt_name == name and name in dict(kernel.named_parameters())
+            expected = reference.dt(torch.float64) + (1e-4 if transform == 'relu' else 0.0)  # official: relu + 1e-4
+            torch.testing.assert_close(kernel.dt(torch.float64), expected, rtol=1e-5, atol=1e-7)
+    assert S4D(8, 16, dt_tie=False).kernel.log_dt.shape == (8, 8)
+    with pytest.raises(ValueError, match='dt_transform'):
+        S4D(8, 16, dt_transform='tanh')
+
+
+def test_bandlimit_masks_the_fast_modes():
+    torch.manual_seed(0)
+    layer = S4D(8, 16, init='inv', bandlimit=0.2)
+    coef, _, _ = layer.kernel.discretize()
+    freqs = layer.kernel.dt(torch.float32) * layer.kernel.A_imag.abs() / (2 * math.pi)  # n_ssm = H
+    assert torch.equal(coef[0] == 0, freqs >= 0.1) and (freqs >= 0.1).any() and (freqs < 0.1).any()
+
+
+def test_final_act_activation_and_drop_kernel():
+    assert isinstance(S4D(8, 16, final_act=None).output_linear, nn.Identity)  # official: no output projection
+    assert isinstance(S4D(8, 16, final_act='tanh').output_linear[1], nn.Tanh)
+    assert isinstance(S4D(8, 16, final_act='id').output_linear[1], nn.Identity)
+    assert isinstance(S4D(8, 16, activation='relu').activation, nn.ReLU)
+    with pytest.raises(ValueError, match='channels=1'):
+        S4D(8, 16, final_act=None, channels=2)
+    with pytest.raises(ValueError, match="activation 'modrelu' is not supported"):
+        S4D(8, 16, activation='modrelu')
+    torch.manual_seed(0)
+    layer = S4D(8, 16, drop_kernel=0.5)
+    x = torch.randn(1, 8, 32)
+    assert not torch.equal(layer.train()(x), layer(x))  # the kernel is dropped differently each call
+    layer.eval()
+    assert torch.equal(layer(x), layer(x))
+
+
+@pytest.mark.parametrize('option, value, what', [
+    ('gate', 4, 'GSS multiplicative gating'), ('bottleneck', 2, 'GSS bottleneck'), ('gate_act', 'tanh', 'gate'),
+    ('mult_act', 'sigmoid', 'gate'), ('weight_norm', True, 'weight normalization'),
+    ('swap_channels', True, 'swapping'), ('is_real', True, 'real-valued'), ('mode', 'dplr', 'S4 DPLR'),
+])
+def test_official_options_without_equivalent_say_so(option, value, what):
+    with pytest.raises(TypeError, match=rf"official option {option}=.*{what}.* is not supported"):
+        S4D(8, 16, **{option: value})
+    S4D(8, 16, **{option: None if option != 'weight_norm' else False})  # inactive defaults are accepted
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'gates'; accepted: activation"):
+        S4D(8, 16, gates=4)

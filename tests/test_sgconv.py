@@ -10,9 +10,7 @@ FIXTURES = sorted((Path(__file__).parent / 'fixtures' / 'sgconv').glob('*.pt'))
 
 
 def _ours(official_kwargs):
-    kw = dict(official_kwargs)
-    kw['glu'] = kw.pop('postact', None) == 'glu'
-    return SGConv(**kw)
+    return SGConv(**official_kwargs)  # the official argument names (postact, n_scales, linear, shift, ...)
 
 
 @pytest.mark.parametrize('path', FIXTURES, ids=[p.stem for p in FIXTURES])
@@ -89,3 +87,28 @@ def test_errors():
         SGConv(4, l_max=8, kernel_dim=64)
     with pytest.raises(ValueError, match='H=4'):
         SGConv(4, l_max=64, kernel_dim=4)(torch.randn(1, 3, 10))
+
+
+def test_official_option_names():
+    torch.manual_seed(0)
+    assert SGConv(8, l_max=256, kernel_dim=4, n_scales=3).num_scales == 3
+    with pytest.raises(ValueError, match='n_scales=3 differ'):
+        SGConv(8, l_max=256, kernel_dim=4, n_scales=3, num_scales=4)
+    assert SGConv(8, l_max=64, kernel_dim=4, postact=None).output_linear.weight.shape == (8, 8, 1)
+    assert SGConv(8, l_max=64, kernel_dim=4, postact='glu').output_linear[0].weight.shape == (16, 8, 1)
+    assert isinstance(SGConv(8, l_max=64, kernel_dim=4, linear=True).output_linear, torch.nn.Identity)
+    for option, value in (('ln', True), ('weight_norm', True), ('hyper_act', 'gelu')):
+        with pytest.raises(TypeError, match=rf'official option {option}=.* is not supported'):
+            SGConv(8, l_max=64, kernel_dim=4, **{option: value})
+    with pytest.raises(TypeError, match='unexpected keyword argument'):
+        SGConv(8, l_max=64, kernel_dim=4, n_scale=3)
+
+
+def test_seqnet_passes_unsupported_official_options_to_the_layer():
+    import timm
+    with pytest.raises(TypeError, match=r"SGConv: the official option ln=True .* is not supported"):
+        timm.create_model('sgconv_lra_listops', embed_dim=8, depth=1, layer_kwargs=dict(ln=True))
+    with pytest.raises(TypeError, match=r"S4D: the official option gate=4 .* is not supported"):
+        timm.create_model('s4d_lra_listops', embed_dim=8, depth=1, layer_kwargs=dict(gate=4))
+    with pytest.raises(TypeError, match="unknown layer_kwargs key 'gates'"):
+        timm.create_model('s4d_lra_listops', embed_dim=8, depth=1, layer_kwargs=dict(gates=4))

@@ -14,18 +14,41 @@ from timm.layers import register_notrace_function
 from kernels import conv2d_winograd, dwconv2d, inception_dw, longconv
 
 __all__ = ['LongConvLayer', 'check_image_input', 'check_range', 'check_input_dtype', 'check_model_args',
-           'check_kwargs', 'BUILD_KWARGS']
+           'check_kwargs', 'refuse_options', 'BUILD_KWARGS', 'ACTIVATIONS']
 
 for _kernel in (dwconv2d, inception_dw, longconv, conv2d_winograd):
     register_notrace_function(_kernel)
 
 
+# Activations by their official names (state-spaces/s4 `src/models/nn/activation.py`), without those that change
+# the width ('glu' is the output projection's `final_act` / `glu` here).
+ACTIVATIONS = {
+    'id': nn.Identity, 'identity': nn.Identity, 'linear': nn.Identity, 'none': nn.Identity,
+    'gelu': nn.GELU, 'relu': nn.ReLU, 'tanh': nn.Tanh, 'elu': nn.ELU, 'silu': nn.SiLU, 'swish': nn.SiLU,
+    'sigmoid': nn.Sigmoid, 'softplus': nn.Softplus,
+}
+
+
+def _activation(name: Optional[str], what: str) -> nn.Module:
+    if name is None:
+        return nn.Identity()
+    if name not in ACTIVATIONS:
+        raise ValueError(f"{what} {name!r} is not supported; choose from {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
 class LongConvLayer(nn.Module):
     """Block contract shared by the long-convolution sequence layers (S4D, SGConv).
 
-    y = output_linear(dropout(GELU(k * u + D u))), where k is a kernel as long as the sequence, produced by the
+    y = output_linear(dropout(activation(k * u + D u))), where k is a kernel as long as the sequence, produced by the
     subclass. `channels` C maps every feature to C convolved copies (the output linear mixes all C * H of them);
     a bidirectional layer gets 2 * C kernels, the second half applied to the reversed sequence.
+
+    `activation` (official name; default GELU) is any of ACTIVATIONS. The output projection is a linear map followed
+    by GLU (`glu=True`: 2H outputs halved back to H) or a bare linear map (`glu=False`, `output_linear.weight`).
+    The official S4 block's `final_act` overrides `glu`: 'glu', any of ACTIVATIONS after the linear map (the
+    official `output_linear.0.weight` layout), or None for no output projection at all (as officially).
+    `drop_kernel`: dropout on the kernel while training (official FFTConv option).
 
     Subclasses set `self.D` ((H,) or (C, H)) and implement `compute_kernel(L)` returning (dirs * C, H, L).
     Input and output are (B, H, L) if `transposed`, else (B, L, H).
@@ -41,23 +64,41 @@ class LongConvLayer(nn.Module):
             glu: bool = True,
             transposed: bool = True,
             kernel_backend: str = 'auto',
+            activation: str = 'gelu',
+            final_act: Optional[str] = 'default',
+            drop_kernel: float = 0.0,
     ):
         super().__init__()
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
+        if final_act == 'default':  # not given: the `glu` flag decides
+            final_act = 'glu' if glu else 'plain'
+        glu = final_act == 'glu'
         self.d_model = d_model
         self.channels = channels
         self.bidirectional = bidirectional
         self.transposed = transposed
         self.kernel_backend = kernel_backend
-        self.activation = nn.GELU()
+        self.glu = glu
+        self.activation = _activation(activation, 'activation')
         # Tied dropout drops whole features for the full sequence (as s4's DropoutNd / nn.Dropout1d).
         dropout_cls = nn.Dropout1d if tie_dropout else nn.Dropout
         self.dropout = dropout_cls(dropout) if dropout > 0.0 else nn.Identity()
+        self.kernel_dropout = nn.Dropout(drop_kernel) if drop_kernel > 0.0 else nn.Identity()
         # Position-wise output projection as a 1x1 conv on (B, C*H, L); GLU halves 2H back to H.
         d_out = 2 * d_model if glu else d_model
+        if final_act is None:  # the official S4 block's: no output projection
+            if channels > 1:
+                raise ValueError(f"final_act=None (no output projection) needs channels=1, got {channels}")
+            self.output_linear = nn.Identity()
+            return
         projection = nn.Conv1d(d_model * channels, d_out, kernel_size=1)
-        self.output_linear = nn.Sequential(projection, nn.GLU(dim=1)) if glu else projection
+        if glu:
+            self.output_linear = nn.Sequential(projection, nn.GLU(dim=1))
+        elif final_act == 'plain':
+            self.output_linear = projection
+        else:
+            self.output_linear = nn.Sequential(projection, _activation(final_act, 'final_act'))
 
     def compute_kernel(self, L: int) -> torch.Tensor:
         raise NotImplementedError
@@ -73,7 +114,7 @@ class LongConvLayer(nn.Module):
         if L < 1:
             raise ValueError(f"{type(self).__name__}: the sequence length L must be >= 1, got an empty sequence "
                              f"(shape {tuple(u.shape)})")
-        k = self.compute_kernel(L)  # (dirs * C, H, L)
+        k = self.kernel_dropout(self.compute_kernel(L))  # (dirs * C, H, L)
         if self.channels > 1:
             # Every channel convolves its own copy of the input: fold C into the feature axis, (c h) order.
             u = u.repeat(1, self.channels, 1)
@@ -84,6 +125,22 @@ class LongConvLayer(nn.Module):
             y = longconv(u, k, self.D.reshape(-1), bidirectional=self.bidirectional, backend=self.kernel_backend)
         y = self.output_linear(self.dropout(self.activation(y)))
         return y if self.transposed else y.transpose(-1, -2)
+
+
+def refuse_options(layer: str, options: dict, unsupported: dict, accepted: Iterable[str]) -> None:
+    """TypeError for keyword arguments a layer does not take: those in `unsupported` (official options with no
+    equivalent here, name -> what they do) are named as not supported, any other as unknown, with the accepted names.
+    Official options left at their inactive defaults (None, False, 0) are let through."""
+    active = {k: v for k, v in options.items() if not (k in unsupported and v in (None, False, 0, 0.0, 'id'))}
+    if not active:
+        return
+    known = sorted(k for k in active if k in unsupported)
+    if known:
+        raise TypeError(f"{layer}: the official option{'s' if len(known) > 1 else ''} "
+                        f"{', '.join(f'{k}={active[k]!r} ({unsupported[k]})' for k in known)} "
+                        f"{'are' if len(known) > 1 else 'is'} not supported")
+    raise TypeError(f"{layer}: unexpected keyword argument{'s' if len(active) > 1 else ''} "
+                    f"{', '.join(map(repr, sorted(active)))}; accepted: {', '.join(sorted(accepted))}")
 
 
 @register_notrace_function

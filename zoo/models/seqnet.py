@@ -8,7 +8,8 @@ with an MLP, as the official s4 `retrieval` decoder does.
 
 Registered models (`s4d_lra_*`, `sgconv_lra_*`) use the published LRA sizes: the S4D paper's v3 configs of
 state-spaces/s4 (`configs/experiment/lra/old/v3-s4-*.yaml`, run in diagonal mode) and SGConv's `preview` branch
-(`configs/experiment/lra/gconv-lra-*.yaml`).
+(`configs/experiment/lra/gconv-lra-*.yaml`). Official LRA runs load through `checkpoint_filter_fn` (with
+`lra_model_args(config)` for the settings their weights do not show; docs/lra.md).
 
 Inputs, as each model's `pretrained_cfg['description']` says:
   * token tasks: int64 ids (B, L) (retrieval: (B, 2, L)) with 0 <= id < `model.vocab_size`, and optional
@@ -19,7 +20,8 @@ on CPU inputs; on a GPU that check would stall every forward, so the DataModules
 select the positions that are pooled; as in the official LRA pipelines, padded positions still run through the blocks (with bidirectional
 kernels they reach the valid positions; BatchNorm statistics include them).
 """
-from typing import Optional
+import re
+from typing import Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -28,13 +30,16 @@ from timm.models import (
     checkpoint_seq, generate_default_cfgs, load_pretrained, register_model, resolve_pretrained_cfg)
 
 from ._pretrained import pretrained_weights
+from ._state_dict import unwrap_state_dict
 from .layers import check_input_dtype, check_kwargs, check_model_args, check_range
-from .s4d import S4D
-from .sgconv import SGConv
+from .s4d import S4D, S4D_UNSUPPORTED
+from .sgconv import SGCONV_UNSUPPORTED, SGConv
 
-__all__ = ['SeqNet', 'SeqBlock']
+__all__ = ['SeqNet', 'SeqBlock', 'checkpoint_filter_fn', 'lra_model_args']
 
 SEQUENCE_LAYERS = {'s4d': S4D, 'sgconv': SGConv}
+# Official options these layers refuse themselves, with a message that says they are not supported.
+UNSUPPORTED_LAYER_OPTIONS = {'s4d': S4D_UNSUPPORTED, 'sgconv': SGCONV_UNSUPPORTED}
 
 
 class ChannelLayerNorm(nn.LayerNorm):
@@ -126,8 +131,9 @@ class SeqNet(nn.Module):
                 raise ValueError(f"SeqNet: {name} must be an integer >= {low}, got {value!r}")
         if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
             raise ValueError(f"SeqNet: dropout must be a number in [0, 1), got {dropout!r}")
-        check_kwargs('SeqNet', layer_kwargs or {}, SEQUENCE_LAYERS[layer], exclude=('d_model',),
-                     what='layer_kwargs key', where=f' (for layer={layer!r})')
+        check_kwargs('SeqNet', [k for k in layer_kwargs or {} if k not in UNSUPPORTED_LAYER_OPTIONS[layer]],
+                     SEQUENCE_LAYERS[layer], exclude=('d_model',), what='layer_kwargs key',
+                     where=f' (for layer={layer!r})')
         self._check_pool(global_pool)
         self.num_classes = num_classes
         self.vocab_size, self.in_chans, self.seq_len, self.num_docs = vocab_size, in_chans, seq_len, num_docs
@@ -249,6 +255,203 @@ class SeqNet(nn.Module):
         return self.forward_head(self.forward_features(x), lengths)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Official LRA checkpoints -> this model
+
+# Official S4 block keys without an equivalent here -> the option that made them.
+_S4_REFUSED_KEYS = (
+    (r'^input_gate\.|^output_gate\.', 'gate (GSS gating)'), (r'^input_linear\.', 'bottleneck'),
+    (r'weight_[gv]$', 'weight_norm'), (r'^layer\.kernel\.P$', "mode='dplr' (an S4 kernel, not S4D's diagonal one)"),
+    (r'^layer\.kernel\.(log_dt|log_w_real|w_imag|inv_w_real)$', 'the state-spaces/s4 v3 layout (convert it with '
+     'its checkpoints/convert_v3_to_v4.py first)'),
+)
+
+
+def _official_s4_layer(items: dict, layer: S4D, where: str) -> dict:
+    """One official S4 block (diagonal mode) in this layer's layout: A_imag sign, D / B / C / projection shapes."""
+    kernel = layer.kernel
+    out = {}
+    for key, value in items.items():
+        for pattern, option in _S4_REFUSED_KEYS:
+            if re.search(pattern, key):
+                raise ValueError(f"SeqNet: the checkpoint's {where}{key} comes from the official option {option}, "
+                                 f"which S4D does not have")
+        if key == 'layer.D':
+            out['D'] = value[0] if layer.D.dim() == 1 and value.shape[0] == 1 else value
+        elif key == 'layer.kernel.inv_dt':
+            if kernel.dt_tie and value.shape[-1] != 1:
+                raise ValueError(f"SeqNet: the checkpoint's dt is untied ({where}layer.kernel.inv_dt "
+                                 f"{tuple(value.shape)}): build the model with layer_kwargs=dict(dt_tie=False)")
+            out[f'kernel.{kernel.dt_name}'] = value[:, 0] if kernel.dt_tie else value
+        elif key == 'layer.kernel.A_real':
+            out['kernel.log_A_real'] = value  # the official default real_transform='exp': -exp(A_real)
+        elif key == 'layer.kernel.A_imag':
+            out['kernel.A_imag'] = -value  # officially A = -exp(A_real) - i A_imag; here + i A_imag
+        elif key == 'layer.kernel.B':
+            out['kernel.B'] = value[0]
+        elif key == 'layer.kernel.C':
+            out['kernel.C'] = value[0] if layer.kernel.C.dim() == 3 and value.shape[0] == 1 else value
+        elif key.startswith('output_linear.'):
+            if value.dim() == 2:
+                value = value.unsqueeze(-1)  # Linear -> 1x1 conv
+            own = 'output_linear.' + key.split('.')[-1]
+            out[key if isinstance(layer.output_linear, nn.Sequential) else own] = value
+        else:
+            raise ValueError(f"SeqNet: the checkpoint's {where}{key} has no place in an S4D layer (an official "
+                             f"option this layer does not have)")
+    if 'kernel.B' in out and kernel.B is None:  # B folded into C, as the minimal layer keeps it
+        B = torch.view_as_complex(out.pop('kernel.B').contiguous()).repeat(kernel.d_model // kernel.n_ssm, 1)
+        C = torch.view_as_complex(out['kernel.C'].contiguous())
+        out['kernel.C'] = torch.view_as_real(C * B)
+    return out
+
+
+def _official_sgconv_layer(items: dict, where: str) -> dict:
+    for key in items:
+        if key.startswith('norm.'):
+            raise ValueError(f"SeqNet: the checkpoint's {where}{key} comes from the official option ln=True, which "
+                             f"SGConv does not have")
+    return items  # the official GConv's names are this layer's (SGConv converts the norm buffers on load)
+
+
+def checkpoint_filter_fn(state_dict: dict, model: 'SeqNet') -> dict:
+    """Map an official Long Range Arena checkpoint onto `model`: the state dict of a state-spaces/s4 training run
+    (`python -m checkpoints.convert_pl_to_pt run.ckpt` writes it; also as `{'state_dict': ...}`), with S4 blocks in
+    diagonal mode (S4D) for `s4d_lra_*`, or with SGConv's pipeline `GConv` layers (its `preview` branch) for
+    `sgconv_lra_*`. This project's own layout passes unchanged.
+
+    Converted: names (`model.layers.{i}` -> `blocks.{i}`, `encoder.0` -> `encoder`, `decoder.0.output_transform` ->
+    `head`, the retrieval decoder's MLP -> `pre_logits` and `head`), the sign of `A_imag`, the shapes of D, B, C and
+    the output projection, B folded into C for a model without its own B (`learn_B=False`), an untied dt into
+    `dt_tie=False`. `inv_dt` is read in the model's `dt_transform`: the current official layer config uses
+    'softplus', the S4D paper's (v3) configs 'exp' (the registered models' default); `lra_model_args(config)` reads
+    that and the other settings that leave no trace in the weights (discretization, pooling) from the run's config.
+    Refused with the option named: GSS gates and bottlenecks, weight norm, S4 (DPLR) kernels, SGConv's `ln`, a
+    layer of the other family, another vocabulary or input width, and keys without a place here.
+    """
+    state_dict = unwrap_state_dict(state_dict)
+    if not any(k.startswith('model.layers.') for k in state_dict):
+        return state_dict  # this project's layout
+    family = type(model.blocks[0].layer) if len(model.blocks) else S4D
+    ckpt_family = SGConv if any('.layer.kernel_list.' in k for k in state_dict) else S4D
+    if len(model.blocks) and ckpt_family is not family:
+        raise ValueError(f"SeqNet: the checkpoint's layers are {ckpt_family.__name__}, the model's "
+                         f"{family.__name__}: build {'sgconv' if ckpt_family is SGConv else 's4d'}_lra_* instead")
+    out, layers = {}, {}
+    for key, value in state_dict.items():
+        match = re.match(r'model\.layers\.(\d+)\.(.*)$', key)
+        if match:
+            i, rest = int(match.group(1)), match.group(2)
+            if rest.startswith('norm.norm.'):
+                out[f'blocks.{i}.norm.{rest[len("norm.norm."):]}'] = value
+            elif rest.startswith('layer.'):
+                layers.setdefault(i, {})[rest[len('layer.'):]] = value
+            else:
+                raise ValueError(f"SeqNet: the checkpoint's {key} has no place here (a residual or pooling option "
+                                 f"of the official backbone this model does not have)")
+        elif key.startswith('model.norm.norm.'):
+            out['norm.' + key[len('model.norm.norm.'):]] = value
+        elif key.startswith('encoder.0.'):
+            out['encoder.' + key[len('encoder.0.'):]] = value
+        elif key.startswith('decoder.0.output_transform.'):
+            out['head.' + key[len('decoder.0.output_transform.'):]] = value
+        elif key.startswith('decoder.0.retrieval.classifier.'):
+            index, leaf = key[len('decoder.0.retrieval.classifier.'):].split('.', 1)
+            if index not in ('0', '2'):
+                raise ValueError("SeqNet: the checkpoint's retrieval decoder has nli=False (a 3-layer MLP on [a, b]); "
+                                 "this model's pair head is the nli one, [a, b, a - b, a * b]")
+            out[('pre_logits.0.' if index == '0' else 'head.') + leaf] = value
+        else:
+            raise ValueError(f"SeqNet: the checkpoint's {key} has no place in this model (another encoder, decoder "
+                             f"or backbone option)")
+    for i, items in sorted(layers.items()):
+        if i >= len(model.blocks):
+            raise ValueError(f"SeqNet: the checkpoint has more layers than the model's depth={len(model.blocks)}")
+        where = f'model.layers.{i}.layer.'
+        mapped = _official_s4_layer(items, model.blocks[i].layer, where) if family is S4D \
+            else _official_sgconv_layer(items, where)
+        out.update({f'blocks.{i}.layer.{k}': v for k, v in mapped.items()})
+    weight = out.get('encoder.weight')
+    if weight is not None:
+        if model.vocab_size is not None and weight.shape[0] != model.vocab_size:
+            raise ValueError(f"SeqNet: the checkpoint's embedding has {weight.shape[0]} tokens, the model "
+                             f"vocab_size={model.vocab_size}: build it with vocab_size={weight.shape[0]}")
+        if model.in_chans is not None and weight.shape[-1] != model.in_chans:
+            raise ValueError(f"SeqNet: the checkpoint's encoder takes {weight.shape[-1]} input channels, the model "
+                             f"in_chans={model.in_chans}")
+    return out
+
+
+def lra_model_args(config: Mapping) -> dict:
+    """Keyword arguments for `timm.create_model('s4d_lra_<task>' or 'sgconv_lra_<task>', **kwargs)` that rebuild the
+    model of an official LRA run from its resolved Hydra config (the run's `.hydra/config.yaml`, e.g.
+    `OmegaConf.to_container(OmegaConf.load(path), resolve=True)`), with the settings that leave no trace in its
+    weights: dt transform, discretization, pooling, norms, dropout. `config['dataset']` may give `n_tokens`,
+    `d_input` and `d_output` (the dataset object's sizes; otherwise the registered model's stay).
+    Raises ValueError for official settings without an equivalent (a non-diagonal kernel, the backbone's own
+    `bidirectional`, pooling other than 'pool' / 'last', ...) and TypeError from the layer for its unsupported options.
+    """
+    model = dict(config['model'])
+    layer = dict(model.get('layer') or {})
+    name = layer.pop('_name_', 's4')
+    refused = []
+    if model.get('bidirectional'):
+        refused.append('model.bidirectional (a reversed copy of every layer)')
+    pool = model.get('pool') or {}
+    if model.get('n_repeat', 1) != 1 or pool.get('stride', 1) != 1 or pool.get('expand') not in (None, 1):
+        refused.append('model.n_repeat / model.pool (pooling stages)')
+    residual = model.get('residual')
+    residual = residual.get('_name_') if isinstance(residual, Mapping) else residual
+    if residual != 'R':
+        refused.append(f"model.residual={residual!r} (the blocks here add the plain residual, 'R')")
+    norm = model.get('norm', 'layer')
+    norm = norm.get('_name_') if isinstance(norm, Mapping) else norm
+    if norm not in ('batch', 'layer'):
+        refused.append(f'model.norm={norm!r}')
+    decoder = config.get('decoder') or {}
+    decoder = {'_name_': decoder} if isinstance(decoder, str) else dict(decoder)
+    mode = decoder.get('mode', 'last')
+    if mode not in ('pool', 'last'):
+        refused.append(f'decoder.mode={mode!r}')
+    if decoder.get('_name_') == 'retrieval' and (not decoder.get('nli', True) or
+                                                 decoder.get('activation', 'relu') != 'gelu'):
+        refused.append('the retrieval decoder other than nli=True with GELU')
+    layer_kwargs = {}
+    if name == 's4':
+        if layer.pop('mode', 'nplr') not in ('diag', 's4d'):
+            refused.append("model.layer.mode other than 'diag' (S4's DPLR kernel: not S4D)")
+        init = layer.pop('init', None) or layer.pop('measure', None) or 'legs'
+        layer_kwargs = dict(init=init, learn_B=True, disc=layer.pop('disc', 'zoh'),
+                            dt_transform=layer.pop('dt_transform', 'exp'), n_ssm=layer.pop('n_ssm', None),
+                            final_act=layer.pop('final_act', 'glu'))
+        keep = ('d_state', 'dt_min', 'dt_max', 'dt_tie', 'dt_fast', 'bandlimit', 'bidirectional', 'channels', 'lr',
+                'activation', 'drop_kernel')
+    elif name == 'gconv':
+        postact = layer.pop('postact', None)
+        layer_kwargs = dict(postact=postact if postact is not None else layer.pop('final_act', None))
+        keep = ('kernel_dim', 'mode', 'decay_min', 'decay_max', 'init_scale', 'n_scales', 'lr', 'bidirectional',
+                'channels', 'activation', 'linear', 'shift')
+    else:
+        raise ValueError(f"lra_model_args: layer {name!r} is neither the official S4 block nor SGConv's GConv")
+    layer_kwargs.update({k: layer.pop(k) for k in keep if k in layer})
+    for k in ('dropout', 'transposed', 'tie_dropout', 'l_max', 'verbose', 'wd', 'layer', 'postact', 'final_act',
+              'initializer', 'd_model'):
+        layer.pop(k, None)
+    layer_kwargs.update({k: v for k, v in layer.items() if v not in (None, False)})  # the layer refuses the rest
+    if refused:
+        raise ValueError('lra_model_args: official settings without an equivalent here: ' + '; '.join(refused))
+    kwargs = dict(embed_dim=model['d_model'], depth=model.get('n_layers', 1), prenorm=model.get('prenorm', True),
+                  norm=norm, dropout=model.get('dropout', 0.0), tie_dropout=model.get('tie_dropout', False),
+                  global_pool='avg' if mode == 'pool' else 'last', layer_kwargs=layer_kwargs)
+    sizes = config.get('dataset') or {}
+    for ours, theirs in (('vocab_size', 'n_tokens'), ('in_chans', 'd_input'), ('num_classes', 'd_output')):
+        if sizes.get(theirs) is not None:
+            kwargs[ours] = sizes[theirs]
+    if decoder.get('_name_') == 'retrieval':
+        kwargs['num_docs'] = 2
+    return kwargs
+
+
 def _create_seqnet(variant: str, pretrained: bool = False, **kwargs) -> SeqNet:
     # Not build_model_with_cfg: it derives in_chans from a (C, H, W) input_size, and token models have (L,) / (2, L).
     cfg = resolve_pretrained_cfg(
@@ -264,7 +467,7 @@ def _create_seqnet(variant: str, pretrained: bool = False, **kwargs) -> SeqNet:
             # first_conv=None: no RGB-to-in_chans weight adaptation, the encoder is an embedding or a per-channel
             # linear
             load_pretrained(model, {**model.pretrained_cfg, 'first_conv': None}, num_classes=model.num_classes,
-                            cache_dir=cache_dir)
+                            filter_fn=checkpoint_filter_fn, cache_dir=cache_dir)
     return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
 
 

@@ -18,9 +18,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import LongConvLayer
+from .layers import LongConvLayer, refuse_options
 
-__all__ = ['SGConv']
+__all__ = ['SGConv', 'SGCONV_UNSUPPORTED']
+
+# Options of the official GConv that this layer does not have (name -> what they do).
+SGCONV_UNSUPPORTED = {
+    'ln': 'extra normalization before the output projection', 'weight_norm': 'weight normalization of the projection',
+    'hyper_act': 'hypernetwork multiplication', 'initializer': 'projection initializer',
+}
 
 
 class SGConv(LongConvLayer):
@@ -29,9 +35,13 @@ class SGConv(LongConvLayer):
     `mode` uses the official vocabulary: 'cat' (concatenate the scales, default) or 'sum' (overlay them), 'randn' or
     'cos' initialization, optional 'nearest' upsampling, optional 'learnable' power-law decay (l + 1)^-decay per
     feature ('learnable_fixed' freezes it), e.g. 'cat_randn', 'cat_cos', 'cat_randn_learnable_fixed'.
-    `num_scales` defaults to 1 + ceil(log2(l_max / kernel_dim)) - init_scale. Sub-kernels and a learnable decay
-    carry `_optim = {'lr': lr}` (their weight decay stays the global one, as officially).
-    Defaults follow the official standalone `GConv` (glu=False is its `postact=None`).
+    `num_scales` (official name `n_scales`) defaults to 1 + ceil(log2(l_max / kernel_dim)) - init_scale. Sub-kernels
+    and a learnable decay carry `_optim = {'lr': lr}` (their weight decay stays the global one, as officially).
+    Defaults follow the official standalone `GConv` (glu=False is its `postact=None`). Official names also accepted:
+    `postact` (None: a bare output linear map; 'glu'; or an activation after it), `activation`, `linear=True` (the
+    bare long convolution with its D term: no activation, dropout or output projection), `shift` (stored and never
+    used by the official layer; accepted, no effect). `ln`, `weight_norm` and `hyper_act` raise a TypeError that
+    says they are not supported.
     """
 
     def __init__(
@@ -52,10 +62,33 @@ class SGConv(LongConvLayer):
             glu: bool = False,
             transposed: bool = True,
             kernel_backend: str = 'auto',
+            activation: str = 'gelu',
+            postact: Optional[str] = 'default',
+            n_scales: Optional[int] = None,
+            linear: bool = False,
+            shift: bool = False,
+            drop_kernel: float = 0.0,
+            **official_options,
     ):
+        import inspect
+        accepted = [n for n in inspect.signature(SGConv.__init__).parameters if n not in ('self', 'official_options')]
+        refuse_options('SGConv', official_options, SGCONV_UNSUPPORTED, accepted)
+        if n_scales is not None:
+            if num_scales is not None and num_scales != n_scales:
+                raise ValueError(f"SGConv: num_scales={num_scales} and its official name n_scales={n_scales} differ")
+            num_scales = n_scales
+        # The official `postact`: None is a bare linear map (glu=False), 'glu' the GLU, else an activation after it.
+        final_act = 'default' if postact == 'default' else 'glu' if postact == 'glu' else \
+            ('plain' if postact is None else postact)
+        if linear:  # the official `linear=True`: the convolution and D term alone
+            if channels > 1:
+                raise ValueError(f"SGConv: linear=True returns the {channels} channels unprojected; use channels=1")
+            activation, dropout, final_act = 'id', 0.0, None
         super().__init__(
             d_model, channels=channels, bidirectional=bidirectional, dropout=dropout, tie_dropout=tie_dropout,
-            glu=glu, transposed=transposed, kernel_backend=kernel_backend)
+            glu=glu, transposed=transposed, kernel_backend=kernel_backend, activation=activation,
+            final_act=final_act, drop_kernel=drop_kernel)
+        self.shift = shift
         if ('cat' in mode) == ('sum' in mode) or ('randn' in mode) == ('cos' in mode):
             raise ValueError(f"SGConv mode must name one of 'cat'/'sum' and one of 'randn'/'cos', got {mode!r}")
         if num_scales is None:
