@@ -68,6 +68,7 @@ def test_through_timm_pretrained_and_wrapped(tmp_path):
 
 def test_config_reads_what_the_weights_do_not_show():
     fx = _load('s4_listops_v4')
+    assert fx['config']['model']['layer']['rank'] == 1  # the official layer config's full set of keys
     kwargs = lra_model_args(fx['config'])
     assert kwargs['layer_kwargs']['dt_transform'] == 'softplus' and kwargs['layer_kwargs']['disc'] == 'zoh'
     assert kwargs['global_pool'] == 'avg' and kwargs['prenorm'] is False and kwargs['vocab_size'] == 20
@@ -135,6 +136,10 @@ def test_config_settings_without_equivalent_are_refused():
             lra_model_args(bad)
     with pytest.raises(ValueError, match="decoder.mode='sum'"):
         lra_model_args(dict(config, decoder=dict(config['decoder'], mode='sum')))
+    for change, message in ((dict(real_transform='relu'), "real_transform='relu'"), (dict(rank=2), 'rank=2')):
+        bad = dict(config, model=dict(config['model'], layer=dict(config['model']['layer'], **change)))
+        with pytest.raises(TypeError, match=rf'{message} .* is not supported'):
+            timm.create_model('s4d_lra_listops', **lra_model_args(bad))
     with pytest.raises(TypeError, match=r'gate=4 \(GSS multiplicative gating\) is not supported'):
         kwargs = lra_model_args(dict(config, model=dict(config['model'], layer=dict(config['model']['layer'],
                                                                                          gate=4))))

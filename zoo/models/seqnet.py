@@ -434,9 +434,16 @@ def lra_model_args(config: Mapping) -> dict:
     else:
         raise ValueError(f"lra_model_args: layer {name!r} is neither the official S4 block nor SGConv's GConv")
     layer_kwargs.update({k: layer.pop(k) for k in keep if k in layer})
-    for k in ('dropout', 'transposed', 'tie_dropout', 'l_max', 'verbose', 'wd', 'layer', 'postact', 'final_act',
-              'initializer', 'd_model'):
+    for k in ('dropout', 'transposed', 'tie_dropout', 'l_max', 'verbose', 'wd', 'postact', 'final_act',
+              'initializer', 'd_model', 'backend'):
         layer.pop(k, None)
+    # Official settings at their defaults, which are this layer's behaviour (anything else the layer refuses).
+    for k, default in (('layer', 'fftconv'), ('rank', 1), ('deterministic', False), ('measure', None),
+                       ('real_transform', 'exp'), ('imag_transform', 'none'), ('gate_act', 'id')):
+        if layer.get(k, default) == default:
+            layer.pop(k, None)
+    if layer.get('layer', 'fftconv') != 'fftconv':
+        refused.append(f"model.layer.layer={layer.pop('layer')!r}")
     layer_kwargs.update({k: v for k, v in layer.items() if v not in (None, False)})  # the layer refuses the rest
     if refused:
         raise ValueError('lra_model_args: official settings without an equivalent here: ' + '; '.join(refused))
