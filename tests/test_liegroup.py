@@ -113,6 +113,14 @@ def test_release_checkpoints_refused_with_the_option(name, overrides, message):
         checkpoint_filter_fn(fx['state_dict'], model)
 
 
+def test_foreign_and_own_state_dicts_pass_the_filter_unchanged():
+    model = tiny_model(stem_pool=True)  # an option the release lacks: refused for release files only
+    own = model.state_dict()
+    assert checkpoint_filter_fn(own, model) is own or checkpoint_filter_fn(own, model).keys() == own.keys()
+    foreign = {'downsample_layers.0.0.weight': torch.zeros(1)}
+    assert checkpoint_filter_fn(foreign, model) == foreign
+
+
 def test_release_sampling_choices_are_warned(caplog):
     fx, model = _load_variant('sl2_mean_relu_bn', num_samples=6, spd_spread=0.2)
     with caplog.at_level('WARNING'):

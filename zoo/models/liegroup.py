@@ -942,8 +942,8 @@ def checkpoint_filter_fn(state_dict: dict, model: LieGroupResNet) -> dict:
     global_pool='avg') and `--act relu` (act_layer='relu').
     """
     state_dict = unwrap_state_dict(state_dict)
-    if any(k.startswith(('stem.conv.', 'stages.')) for k in state_dict):
-        return state_dict  # this project's layout
+    if not any('inr.kernel_net.' in k or 'inr.final_linear.' in k for k in state_dict):
+        return state_dict  # this project's layout, or another model's (the loader reports what does not fit)
     state_dict = {k.removeprefix('model.'): v for k, v in state_dict.items()}
     _check_release_compatible(model)
 
