@@ -692,7 +692,6 @@ class LieGroupResNet(nn.Module):
         self.stem_pool = stem_pool
         self.group_pool, self.act_layer, self.conv_norm, self.head_norm = group_pool, act_layer, conv_norm, head_norm
         self.signed_angle = signed_angle
-        self.kernel_mlp = dict(kernel_mlp or {})
         na = dict(norm=conv_norm, act=act_layer)
         self.stem = LiftingStem(lift(in_chans, width, k, padding=0), width, pool=stem_pool, **na)
         stages = [ResidualStage(conv(width, width, k, padding=k // 2), conv(width, width, k, padding=k // 2), width,
