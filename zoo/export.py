@@ -30,8 +30,10 @@ largest eager output (the logit scale), and fails beyond the float32 error budge
 
 `--bench` times the exported file in its runtime beside the eager inference form and its `torch.compile`, in the same
 process, at batch 1 (latency) and 16 (throughput), in interleaved rounds (the median round counts), with timm's
-benchmark keys plus `runtime`; one JSON object per runtime and batch size on stdout. The token ids that SeqNet checks in eager mode are not checked by an exported graph
-(a graph cannot branch on data); onnxruntime still rejects ids outside the vocabulary.
+benchmark keys plus `runtime`; one JSON object per runtime and batch size on stdout.
+
+The token ids and lengths that SeqNet checks in eager mode are not checked by an exported graph (a graph cannot branch
+on data); onnxruntime still rejects ids outside the vocabulary. docs/deploy.md has the details and measurements.
 """
 import argparse
 import contextlib
@@ -568,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--opset', type=int, default=None, metavar='N', help="ONNX opset (default: the exporter's)")
     parser.add_argument('--rtol', type=float, default=None,
                         help='verification tolerance, relative to the largest output (default: float32 error budget)')
-    parser.add_argument('--seed', type=int, default=0, help='seed of the verification batch')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the verification batch (and of random weights)')
     bench_group = parser.add_argument_group('deploy benchmark')
     bench_group.add_argument('--bench', action='store_true',
                              help='time the export beside eager PyTorch and torch.compile (implies --dynamic-batch)')
@@ -588,6 +590,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
+        torch.manual_seed(args.seed)  # reproducible random weights when neither --pretrained nor --weights is given
         model, info = load_model(args.source, args.pretrained, args.weights, args.model_kwargs, args.ema)
         model_input, preprocessing = resolve_input(model, info['model_kwargs'], args.img_size, args.seq_len)
         out = Path(args.out or f"{info['model']}{FORMATS[args.format]}")
