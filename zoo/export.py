@@ -36,7 +36,6 @@ The token ids and lengths that SeqNet checks in eager mode are not checked by an
 on data); onnxruntime still rejects ids outside the vocabulary. docs/deploy.md has the details and measurements.
 """
 import argparse
-import contextlib
 import copy
 import dataclasses
 import difflib
@@ -59,7 +58,6 @@ import torch.nn as nn
 from timm.data import resolve_data_config
 from timm.utils import reparameterize_model
 
-import zoo.models.seqnet as seqnet
 from zoo._cli import ModelKwargsAction
 from zoo.lit import LitClassifier
 from zoo.models.liegroup import LieGroupResNet
@@ -253,18 +251,6 @@ def inference_form(model: nn.Module, model_input: ModelInput, reparam: bool) -> 
     return model, steps
 
 
-@contextlib.contextmanager
-def _value_checks_off():
-    """SeqNet checks the values of token ids and lengths (x.min() < 0 ...): a traced graph cannot branch on data, so
-    the check stays out of it while the model is traced. Eager calls are unaffected outside this block."""
-    check = seqnet.check_range
-    seqnet.check_range = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        seqnet.check_range = check
-
-
 # ----------------------------------------------------------------------------------------------- tolerance
 
 def _reduction_terms(model: nn.Module, length: int) -> List[float]:
@@ -306,16 +292,15 @@ def _dynamic_shapes(n_inputs: int, dynamic_batch: bool):
 
 
 def _write_onnx(model, inputs, path, model_input, dynamic_batch, opset):
-    with _value_checks_off():
-        program = torch.onnx.export(
-            model, inputs, dynamo=True, input_names=list(model_input.names), output_names=['logits'],
-            opset_version=opset, dynamic_shapes=_dynamic_shapes(len(inputs), dynamic_batch), verbose=False)
+    program = torch.onnx.export(
+        model, inputs, dynamo=True, input_names=list(model_input.names), output_names=['logits'],
+        opset_version=opset, dynamic_shapes=_dynamic_shapes(len(inputs), dynamic_batch), verbose=False)
     program.save(str(path))  # weights inside the file, or in FILE.data beside it past ONNX's 2 GB limit
 
 
 def _write_torchscript(model, inputs, path, model_input, dynamic_batch, opset):
     if isinstance(model, SeqNet):  # SeqNet's layers are not scriptable: record one forward at the export length
-        with _value_checks_off(), warnings.catch_warnings():
+        with warnings.catch_warnings():
             # the shape checks it warns about hold for every input of this length; `verify` runs other batches
             warnings.simplefilter('ignore', torch.jit.TracerWarning)
             scripted = torch.jit.trace(model, inputs, check_trace=False)
@@ -325,8 +310,7 @@ def _write_torchscript(model, inputs, path, model_input, dynamic_batch, opset):
 
 
 def _write_exported_program(model, inputs, path, model_input, dynamic_batch, opset):
-    with _value_checks_off():
-        program = torch.export.export(model, inputs, dynamic_shapes=_dynamic_shapes(len(inputs), dynamic_batch))
+    program = torch.export.export(model, inputs, dynamic_shapes=_dynamic_shapes(len(inputs), dynamic_batch))
     torch.export.save(program, str(path))
 
 

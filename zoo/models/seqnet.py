@@ -195,7 +195,9 @@ class SeqNet(nn.Module):
                     (self.num_docs == 2 and x.shape[1] != 2):
                 raise ValueError(f"expected integer token ids of shape {shape} (int64 or int32), got {x.dtype} "
                                  f"{tuple(x.shape)}")
-            if not x.is_cuda:  # reading values back from a GPU would stall every forward; the DataModules check
+            # Value checks: not on a GPU (reading values back would stall every forward; the DataModules check their
+            # data) and not in an exported graph (it cannot branch on data).
+            if not x.is_cuda and not torch.compiler.is_exporting():
                 check_range(x, 0, self.vocab_size - 1, 'token ids', f'[0, {self.vocab_size}) (vocab_size)')
             x = x.flatten(0, 1) if self.num_docs == 2 else x
         else:
@@ -235,7 +237,7 @@ class SeqNet(nn.Module):
             raise ValueError(f"lengths must have shape {tuple(x.shape[:-2])}, got {tuple(lengths.shape)}")
         if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
             raise ValueError(f"lengths must be integers (int64) in [1, {L}], got {lengths.dtype}")
-        if not lengths.is_cuda:
+        if not lengths.is_cuda and not torch.compiler.is_exporting():
             check_range(lengths, 1, L, 'lengths')
         if self.global_pool == 'avg':
             valid = torch.arange(L, device=x.device) < lengths.unsqueeze(-1)  # (..., L)
