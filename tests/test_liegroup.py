@@ -32,7 +32,11 @@ def quarter_turn():
 @pytest.mark.parametrize('conv_backend', ['direct', 'winograd'])
 def test_matches_official_rgenn(group, conv_backend):
     fx = torch.load(FIXTURES / f'rgenn_{group}_tiny.pt', weights_only=True)
-    model = tiny_model(group, conv_backend=conv_backend)
+    assert_matches_fixture(tiny_model(group, conv_backend=conv_backend), fx)
+
+
+def assert_matches_fixture(model, fx):
+    """Load the official state dict through the filter, use the fixture's samples, compare stem and logits."""
     model.load_state_dict(checkpoint_filter_fn(fx['state_dict'], model), strict=True)
     model.set_samples((fx['g_stem'], fx['g_stem_inv']), (fx['g_final'], fx['g_final_inv']))
     with torch.no_grad():
@@ -64,13 +68,7 @@ def test_release_options_match_official_rgenn(name):
     """Checkpoints of the release's other model options (mean projection, ReLU, BatchNorm3d / channel LayerNorm,
     BatchNorm head, other or trained SIREN frequencies), as a SamplingWrapper state dict, load and match."""
     fx, model = _load_variant(name)
-    model.load_state_dict(checkpoint_filter_fn(fx['state_dict'], model), strict=True)
-    model.set_samples((fx['g_stem'], fx['g_stem_inv']), (fx['g_final'], fx['g_final_inv']))
-    with torch.no_grad():
-        stem = model.stem(fx['input'][:1], fx['g_stem_inv'])
-        logits = model(fx['input'])
-    torch.testing.assert_close(stem, fx['stem'], rtol=0, atol=1e-12)
-    torch.testing.assert_close(logits, fx['logits'], rtol=0, atol=1e-6)
+    assert_matches_fixture(model, fx)
 
 
 def test_folded_frequencies_load_release_checkpoints():

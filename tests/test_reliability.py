@@ -11,13 +11,11 @@
 import copy
 import csv
 import hashlib
-import http.server
 import multiprocessing as mp
 import os
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,6 +28,7 @@ import torch
 from zoo import weights
 from zoo.lit import LitClassifier
 from zoo.models._pretrained import WeightsError
+from _http import serve
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -450,34 +449,20 @@ def cut_server(bad_files):
     safetensors.torch.save_file(timm.create_model('inceptionnext_atto').state_dict(), folder / 'full.safetensors')
     data = (folder / 'full.safetensors').read_bytes()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def _respond(self, body: bool):
-            self.send_response(200)
-            if '/resolve/' in self.path:
-                self.send_header('X-Repo-Commit', '0' * 40)
-                self.send_header('ETag', f'"{hashlib.sha256(data).hexdigest()}"')
-            self.send_header('Content-Length', str(len(data)))
-            self.end_headers()
-            if body:
-                self.wfile.write(data[: len(data) // 2])
-                self.wfile.flush()
-                self.close_connection = True
+    def respond(handler, with_body):
+        handler.send_response(200)
+        if '/resolve/' in handler.path:
+            handler.send_header('X-Repo-Commit', '0' * 40)
+            handler.send_header('ETag', f'"{hashlib.sha256(data).hexdigest()}"')
+        handler.send_header('Content-Length', str(len(data)))
+        handler.end_headers()
+        if with_body:
+            handler.wfile.write(data[: len(data) // 2])
+            handler.wfile.flush()
+            handler.close_connection = True
 
-        def do_HEAD(self):
-            self._respond(False)
-
-        def do_GET(self):
-            self._respond(True)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f'http://127.0.0.1:{httpd.server_address[1]}'
-    httpd.shutdown()
-    httpd.server_close()
+    with serve(respond) as url:
+        yield url
 
 
 @pytest.mark.parametrize('source', ['url', 'hf-hub'])

@@ -1,9 +1,7 @@
 """zoo.weights: list, download (served from 127.0.0.1, never the internet), verify, export; every failure path
 leaves the target folder as it was."""
 import hashlib
-import http.server
 import json
-import threading
 
 import pytest
 import safetensors.torch
@@ -11,6 +9,7 @@ import timm
 import torch
 
 from zoo import weights
+from _http import serve
 
 ARCH = 'inceptionnext_atto'
 NAME = 'inceptionnext_atto.sail_in1k'
@@ -52,51 +51,37 @@ def server(files):
     Hugging Face hub (commit and sha256 etag headers)."""
     commit = '0' * 40
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def _lookup(self):
-            parts = self.path.strip('/').split('/')
-            if len(parts) >= 5 and parts[2] == 'resolve':  # hub: org/repo/resolve/rev/file
-                repo, filename = '/'.join(parts[:2]), '/'.join(parts[4:])
-                data = files.get(f'{repo.split("/")[1]}/{filename}')
-                etag = 'f' * 64 if repo.endswith('.badetag') else (_sha(data) if data else None)
-                return data, {'X-Repo-Commit': commit, 'ETag': f'"{etag}"'}
-            stem, dot, ext = parts[-1].partition('.')
-            return files.get(stem.split('-')[0] + dot + ext), {}
+    def lookup(path):
+        parts = path.strip('/').split('/')
+        if len(parts) >= 5 and parts[2] == 'resolve':  # hub: org/repo/resolve/rev/file
+            repo, filename = '/'.join(parts[:2]), '/'.join(parts[4:])
+            data = files.get(f'{repo.split("/")[1]}/{filename}')
+            etag = 'f' * 64 if repo.endswith('.badetag') else (_sha(data) if data else None)
+            return data, {'X-Repo-Commit': commit, 'ETag': f'"{etag}"'}
+        stem, dot, ext = parts[-1].partition('.')
+        return files.get(stem.split('-')[0] + dot + ext), {}
 
-        def _respond(self, with_body):
-            data, headers = self._lookup()
-            if data is None:
-                self.send_response(404)
-                self.send_header('X-Error-Code', 'EntryNotFound')
-                self.send_header('Content-Length', '0')
-                self.end_headers()
-                return
-            self.send_response(200)
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.send_header('Content-Length', str(len(data)))
-            self.end_headers()
-            if with_body:
-                self.wfile.write(data)
-
-        def do_HEAD(self):
-            self._respond(False)
-
-        def do_GET(self):
-            self._respond(True)
-
-        def log_message(self, *args):
-            pass
+    def respond(handler, with_body):
+        data, headers = lookup(handler.path)
+        if data is None:
+            handler.send_response(404)
+            handler.send_header('X-Error-Code', 'EntryNotFound')
+            handler.send_header('Content-Length', '0')
+            handler.end_headers()
+            return
+        handler.send_response(200)
+        for key, value in headers.items():
+            handler.send_header(key, value)
+        handler.send_header('Content-Length', str(len(data)))
+        handler.end_headers()
+        if with_body:
+            handler.wfile.write(data)
 
     # the hub imitation serves hub files under "<repo name>/<file>"
     files['inception_next_atto.sail_in1k/model.safetensors'] = files['good.safetensors']
     files['inception_next_atto.sail_in1k.badetag/model.safetensors'] = files['good.safetensors']
-    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f'http://127.0.0.1:{httpd.server_address[1]}'
-    httpd.shutdown()
-    httpd.server_close()
+    with serve(respond) as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)

@@ -39,7 +39,6 @@ import argparse
 import copy
 import dataclasses
 import difflib
-import hashlib
 import json
 import math
 import os
@@ -64,7 +63,7 @@ from zoo.models.liegroup import LieGroupResNet
 from zoo.models.layers import LongConvLayer
 from zoo.models.s4d import S4D
 from zoo.models.seqnet import SeqNet
-from zoo.weights import WeightsError, check_fits, read_checkpoint, read_metadata, read_state_dict
+from zoo.weights import WeightsError, check_fits, read_checkpoint, read_metadata, read_state_dict, sha256_of
 
 __all__ = ['ExportError', 'ModelInput', 'FixedKernel', 'load_model', 'resolve_input', 'wants_reparam',
            'inference_form', 'error_budget', 'export', 'load_exported', 'verify', 'bench']
@@ -382,14 +381,6 @@ def verify(path, fmt: str, reference: nn.Module, model_input: ModelInput, batch_
                 seed=seed)
 
 
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _runtime_version(fmt: str) -> str:
     if fmt == 'onnx':
         import onnxruntime
@@ -440,7 +431,7 @@ def export(model: nn.Module, info: Dict, out, fmt: str = 'onnx', model_input: Op
         check['runtime'] = _runtime_version(fmt)
         batch = 'batch' if dynamic else batch_size
         sidecar = dict(
-            info, format=fmt, file=out.name, sha256=_sha256(staged),
+            info, format=fmt, file=out.name, sha256=sha256_of(staged),
             exporter=_exporter_name(fmt, deploy), opset=_onnx_opset(staged) if fmt == 'onnx' else None,
             reparameterized=reparam, inference_form=steps, inputs=model_input.describe(batch),
             outputs=[dict(name='logits', shape=[batch] + out_shape, dtype='float32')],
