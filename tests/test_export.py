@@ -14,6 +14,7 @@ import torch
 
 from kernels.long_conv import longconv_ref
 from zoo import export as ex
+from zoo.weights import sha256_of
 from zoo.models import zoo_model_names
 from zoo.models.liegroup import FrozenConv2d, KernelNet
 
@@ -126,7 +127,7 @@ def test_static_batch_sidecar(tmp_path):
     assert sidecar['inputs'] == [dict(name='input', shape=[2, 1, 40, 40], dtype='float32')]
     assert sidecar['outputs'] == [dict(name='logits', shape=[2, 10], dtype='float32')]
     assert sidecar['verification']['batch_sizes'] == [2] and sidecar['opset'] >= 17
-    assert sidecar['sha256'] == ex._sha256(tmp_path / 'cnn.onnx')
+    assert sidecar['sha256'] == sha256_of(tmp_path / 'cnn.onnx')
 
 
 def test_token_ids_outside_the_vocabulary_are_refused_by_onnxruntime(tmp_path):
