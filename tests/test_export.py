@@ -59,13 +59,15 @@ def _case_id(case):
 # ------------------------------------------------------------------------------------------- every family
 
 def _small_cases():
+    cases = []
     # TorchScript and ExportedProgram of the two largest small variants take ~10 s each, and UniRepLKNet's training
     # form ~8 s (its deploy form, what one ships, stays in the default run): slow
     for case in SMALL:
         for fmt in FORMATS:
             big = case[0] in ('inceptionnext_atto', 'unireplknet_a')
             slow = big and (fmt != 'onnx' or (case[0] == 'unireplknet_a' and not case[1].get('deploy')))
-            yield pytest.param(case, fmt, id=f'{_case_id(case)}-{fmt}', marks=[pytest.mark.slow] if slow else [])
+            cases.append(pytest.param(case, fmt, id=f'{_case_id(case)}-{fmt}', marks=[pytest.mark.slow] if slow else []))
+    return cases
 
 
 @pytest.mark.parametrize('case, fmt', _small_cases())
@@ -405,7 +407,7 @@ def _every_model():
     return cases
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive
 @pytest.mark.parametrize('case', _every_model(), ids=_case_id)
 def test_every_registered_model_exports_to_onnx(tmp_path, case):
     name, kwargs, img_size = case
