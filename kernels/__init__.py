@@ -17,11 +17,12 @@ from .backend import (
     BACKENDS, TRITON_DTYPES, check_backend, interpret_mode, record_calls, triton_available, use_triton)
 from .depthwise import dwconv2d, dwconv2d_ref, same_padding
 from .inception_mixer import inception_dw, inception_dw_ref
-from .long_conv import longconv, longconv_ref
+from .long_conv import longconv, longconv_fft, longconv_ref
 from .winograd import WINOGRAD_KERNEL_SIZES, conv2d_winograd, winograd_supported
 
 __all__ = [
     'BACKENDS', 'TRITON_DTYPES', 'check_backend', 'interpret_mode', 'record_calls', 'triton_available', 'use_triton',
-    'dwconv2d', 'dwconv2d_ref', 'same_padding', 'inception_dw', 'inception_dw_ref', 'longconv', 'longconv_ref',
+    'dwconv2d', 'dwconv2d_ref', 'same_padding', 'inception_dw', 'inception_dw_ref',
+    'longconv', 'longconv_fft', 'longconv_ref',
     'WINOGRAD_KERNEL_SIZES', 'conv2d_winograd', 'winograd_supported',
 ]

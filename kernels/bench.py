@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 from .backend import interpret_mode, triton_available
 from .depthwise import dwconv2d
-from .inception_mixer import inception_dw
 from .long_conv import longconv
 from .winograd import conv2d_winograd
 

@@ -2,8 +2,18 @@
 
 y = k * u (+ D u) for S4D / SGConv. u: (B, H, L); k: (H, L) causal, or (2, H, L) bidirectional (forward kernel,
 then a backward kernel that applies to the reversed sequence); D: (H,). Computed in fp32 (fp64 for fp64 inputs)
-through FFTs of size 2L; the output has u's dtype. The Triton path (`kernels.triton.long_conv`) keeps cuFFT for the
-transforms and fuses the passes around them (padding and casting, kernel assembly, D skip, backward products).
+through zero-padded FFTs; the output has u's dtype.
+
+Three implementations of the same function:
+- `longconv_ref`: the official layers' arithmetic (rfft / irfft of size 2L, autograd through every step);
+- `longconv_fft` (eager CPU): one autograd Function with the gradients written out. Its
+  transforms have the smallest 2^a 3^b 5^c length without wrap-around (2L for a power-of-two L); the kernel's
+  spectrum is taken once per call for all channels; the forward keeps no spectrum for the backward, whose input and
+  kernel gradients are correlations computed in the frequency domain (`irfft(rfft(dy) conj(K))`, and the batch
+  sum of `rfft(dy) conj(U)` before a single inverse transform per feature) instead of autograd's transposed
+  transforms (a full-length complex FFT per real one); the D skip is one fused multiply-add per pass;
+- the Triton path (`kernels.triton.long_conv`) keeps cuFFT for the transforms and fuses the passes around them
+  (padding and casting, kernel assembly, D skip, backward products).
 Under torch.export (ONNX, ExportedProgram) the transforms are padded to a power of two: onnxruntime's DFT is accurate
 at those sizes only (at 2L = 2000 to 8000, e.g. LRA Retrieval's, it is off by 1e-4 to 2e-4 of the output's scale,
 against 1e-7 for torch's FFT, and several times slower).
@@ -15,7 +25,7 @@ import torch.nn.functional as F
 
 from .backend import note_call, recording, use_triton
 
-__all__ = ['longconv', 'longconv_ref']
+__all__ = ['longconv', 'longconv_fft', 'longconv_ref', 'fft_length']
 
 
 def longconv_ref(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None,
@@ -37,6 +47,137 @@ def longconv_ref(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = N
     if D is not None:
         y = y + u.to(dtype) * D.to(dtype).unsqueeze(-1)
     return y.to(u.dtype)
+
+
+def fft_length(L: int, bidirectional: bool = False) -> int:
+    """The transform size of `longconv_fft`: the smallest 2^a 3^b 5^c (fast for every FFT library) that holds the
+    linear convolution, i.e. at least 2L - 1 (causal) or 2L (bidirectional: the backward kernel's last tap sits at
+    lag -L, as in the official layers, where it meets only padding)."""
+    need = 2 * L if bidirectional else max(1, 2 * L - 1)
+    best = 1 << (need - 1).bit_length()
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < need:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def _full_kernel(k: torch.Tensor, bidirectional: bool, L: int, n: int) -> torch.Tensor:
+    """(H, n): k at lags 0..L-1 and, bidirectional, the backward kernel at lags -1..-L (wrapped to the end)."""
+    if not bidirectional:
+        return F.pad(k, (0, n - L))
+    return F.pad(k[0], (0, n - L)) + F.pad(k[1].flip(-1), (n - L, 0))
+
+
+# Rows (one feature of one sequence each) transformed together: about 2 MiB of float32 per work buffer, so the
+# buffers stay in cache and are reused from block to block (large fresh tensors cost a page fault per 4 KiB).
+_BLOCK_ELEMENTS = 1 << 19
+
+
+def _blocks(B: int, H: int, n: int):
+    """(b, h0, h1) row blocks over a (B, H, .) tensor, h1 - h0 <= rows of about _BLOCK_ELEMENTS / n."""
+    rows = max(1, min(H, _BLOCK_ELEMENTS // n))
+    for b in range(B):
+        for h0 in range(0, H, rows):
+            yield b, h0, min(H, h0 + rows)
+
+
+class _LongConvFFT(torch.autograd.Function):
+    """y = (k * u)[:L] + D u with hand-written gradients (module docstring); every transform of size n, block by
+    block of rows, so that padding, transform, product, inverse transform and D skip run on one cached buffer."""
+
+    @staticmethod
+    def forward(ctx, u, k, D, bidirectional: bool, n: int):
+        B, H, L = u.shape
+        dtype = torch.promote_types(u.dtype, torch.float32)
+        k_f = torch.fft.rfft(_full_kernel(k.to(dtype), bidirectional, L, n), n=n)  # (H, F), once for all rows
+        D32 = D.to(dtype).unsqueeze(-1) if D is not None else None
+        y = u.new_empty((B, H, L), dtype=dtype)
+        rows = min(H, max(1, _BLOCK_ELEMENTS // n))
+        padded = u.new_zeros((rows, n), dtype=dtype)  # the tail stays zero: only [:, :L] is ever written
+        spectrum = k_f.new_empty((rows, n // 2 + 1))
+        full = u.new_empty((rows, n), dtype=dtype)
+        for b, h0, h1 in _blocks(B, H, n):
+            r = h1 - h0
+            x, s, z = padded[:r], spectrum[:r], full[:r]
+            x[:, :L].copy_(u[b, h0:h1])
+            torch.fft.rfft(x, out=s)
+            s.mul_(k_f[h0:h1])
+            torch.fft.irfft(s, n=n, out=z)
+            if D32 is not None:
+                torch.addcmul(z[:, :L], x[:, :L], D32[h0:h1], out=y[b, h0:h1])
+            else:
+                y[b, h0:h1].copy_(z[:, :L])
+        ctx.save_for_backward(u, k_f, D)
+        ctx.bidirectional, ctx.n, ctx.k_dtype = bidirectional, n, k.dtype
+        return y.to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        u, k_f, D = ctx.saved_tensors
+        n, (B, H, L) = ctx.n, u.shape
+        dtype = k_f.real.dtype
+        need_u, need_k, need_D = ctx.needs_input_grad[:3]
+        rows = min(H, max(1, _BLOCK_ELEMENTS // n))
+        du = u.new_empty((B, H, L), dtype=dtype) if need_u else None
+        dk_f = k_f.new_zeros(k_f.shape) if need_k else None  # sum over the batch of conj(U) dY
+        dD = u.new_zeros(H, dtype=dtype) if need_D else None
+        D32 = D.to(dtype).unsqueeze(-1) if D is not None else None
+        k_f_conj = k_f.conj().resolve_conj() if need_u else None
+        padded_dy = u.new_zeros((rows, n), dtype=dtype)
+        padded_u = u.new_zeros((rows, n), dtype=dtype) if (need_k or need_D) else None
+        spectrum_dy = k_f.new_empty((rows, n // 2 + 1))
+        spectrum_u = k_f.new_empty((rows, n // 2 + 1)) if need_k else None
+        full = u.new_empty((rows, n), dtype=dtype) if need_u else None
+        for b, h0, h1 in _blocks(B, H, n):
+            r = h1 - h0
+            g = padded_dy[:r]
+            g[:, :L].copy_(dy[b, h0:h1])
+            if padded_u is not None:
+                x = padded_u[:r]
+                x[:, :L].copy_(u[b, h0:h1])
+                if need_D:
+                    dD[h0:h1] += torch.linalg.vecdot(g[:, :L], x[:, :L])
+            if not (need_u or need_k):
+                continue
+            s = spectrum_dy[:r]
+            torch.fft.rfft(g, out=s)
+            if need_k:  # corr(dy_b, u_b) for the kernel: conj(U) dY, summed over the batch
+                su = spectrum_u[:r]
+                torch.fft.rfft(x, out=su)
+                dk_f[h0:h1].add_(su.conj_physical_().mul_(s))
+            if need_u:  # corr(dy, k): dY conj(K)
+                z = full[:r]
+                torch.fft.irfft(s.mul_(k_f_conj[h0:h1]), n=n, out=z)
+                if D32 is not None:
+                    torch.addcmul(z[:, :L], g[:, :L], D32[h0:h1], out=du[b, h0:h1])
+                else:
+                    du[b, h0:h1].copy_(z[:, :L])
+        dk = None
+        if need_k:
+            dk_full = torch.fft.irfft(dk_f, n=n)  # (H, n), one inverse transform per feature
+            dk = dk_full[..., :L]
+            if ctx.bidirectional:
+                dk = torch.stack((dk, dk_full[..., n - L:].flip(-1)))
+            dk = dk.to(ctx.k_dtype)
+        return (du.to(u.dtype) if need_u else None, dk, dD.to(D.dtype) if need_D else None, None, None)
+
+
+def longconv_fft(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None,
+                 bidirectional: bool = False, fft_size: Optional[int] = None) -> torch.Tensor:
+    """`longconv_ref`'s function with fused passes and hand-written gradients (module docstring). Shapes as
+    `longconv`; `fft_size` (default `fft_length(L, bidirectional)`) must be at least 2L (bidirectional) / 2L - 1."""
+    L = u.shape[-1]
+    n = fft_length(L, bidirectional) if fft_size is None else fft_size
+    if n < (2 * L if bidirectional else 2 * L - 1):
+        raise ValueError(f"fft_size {n} is too short for length {L} (wrap-around)")
+    return _LongConvFFT.apply(u, k, D, bidirectional, n)
 
 
 def _check_args(u, k, D, bidirectional, backend):
@@ -64,6 +205,9 @@ def longconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None,
         return longconv_ref(u, k, D, bidirectional, fft_size=1 << (2 * u.shape[-1] - 1).bit_length())
     if use_triton(backend, u, 'longconv'):
         return _longconv_triton(u, k, D, bidirectional)
+    if u.device.type == 'cpu' and not torch.compiler.is_compiling():
+        # the blocked loop pays off in CPU caches; compiled graphs and GPUs take the plain transforms
+        return longconv_fft(u, k, D, bidirectional)
     return longconv_ref(u, k, D, bidirectional)
 
 

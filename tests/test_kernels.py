@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import kernels
-from kernels import dwconv2d, dwconv2d_ref, inception_dw_ref, longconv, longconv_ref
+from kernels import dwconv2d, dwconv2d_ref, inception_dw_ref, longconv, longconv_fft, longconv_ref
+from kernels.long_conv import fft_length
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py
@@ -58,6 +59,34 @@ def test_longconv_ref_gradcheck(bidirectional):
     k = torch.randn(*((2,) if bidirectional else ()), 3, 7, dtype=torch.float64, generator=g, requires_grad=True)
     D = torch.randn(3, dtype=torch.float64, generator=g, requires_grad=True)
     assert torch.autograd.gradcheck(lambda *a: longconv_ref(*a, bidirectional), (u, k, D))
+
+
+@pytest.mark.parametrize('bidirectional', [False, True])
+@pytest.mark.parametrize('with_D', [False, True])
+def test_longconv_fft_gradcheck_and_reference(monkeypatch, bidirectional, with_D):
+    """The hand-written gradients, with row blocks smaller than H so that the block loop runs more than once."""
+    monkeypatch.setattr(kernels.long_conv, '_BLOCK_ELEMENTS', 40)
+    g = torch.Generator().manual_seed(4)
+    u = torch.randn(2, 5, 9, dtype=torch.float64, generator=g, requires_grad=True)
+    k = torch.randn(*((2,) if bidirectional else ()), 5, 9, dtype=torch.float64, generator=g, requires_grad=True)
+    D = torch.randn(5, dtype=torch.float64, generator=g, requires_grad=True) if with_D else None
+    args = (u, k) + ((D,) if with_D else ())
+    assert torch.autograd.gradcheck(lambda u, k, *D: longconv_fft(u, k, *D, bidirectional=bidirectional), args)
+    torch.testing.assert_close(longconv_fft(*args, bidirectional=bidirectional),
+                               longconv_ref(*args, bidirectional=bidirectional), atol=1e-12, rtol=1e-10)
+
+
+def test_longconv_fft_lengths_and_dtypes():
+    assert [fft_length(L) for L in (1, 2, 3, 1000, 1024, 4096)] == [1, 3, 5, 2000, 2048, 8192]
+    assert fft_length(1000, bidirectional=True) == 2000 and fft_length(3, bidirectional=True) == 6
+    u, k = torch.randn(2, 3, 8), torch.randn(3, 8)
+    with pytest.raises(ValueError, match='too short'):
+        longconv_fft(u, k, fft_size=14)
+    assert longconv_fft(u.bfloat16(), k).dtype == torch.bfloat16
+    # only the gradients asked for are computed, in the inputs' dtypes
+    k64 = k.double().requires_grad_()
+    (dk,) = torch.autograd.grad(longconv_fft(u.double(), k64).sum(), k64)
+    torch.testing.assert_close(dk, torch.autograd.grad(longconv_ref(u.double(), k64).sum(), k64)[0])
 
 
 def test_longconv_ref_matches_direct_sum():
