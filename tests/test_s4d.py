@@ -7,44 +7,14 @@ import torch
 import torch.nn as nn
 
 from zoo.models.s4d import S4D, S4DKernel, legs_diagonal, s4d_init, vandermonde_real
+from zoo.official import s4block_state_dict, s4d_for_s4block
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 's4d'
 BLOCK_FIXTURES = sorted(FIXTURES.glob('block_*.pt'))
-OFFICIAL_OPTIONS = ('dt_transform', 'dt_tie', 'dt_fast', 'bandlimit', 'final_act', 'activation')
 
 
 def _load(path):
     return torch.load(path, weights_only=True)
-
-
-def _from_official_block(sd, layer=None):
-    """State dict of the official `models/s4/s4.py::S4Block(mode='diag')` in this layer's layout.
-
-    The official layer stores A = -exp(A_real) - i A_imag and 2-D projection weights; ours A = -exp(log_A_real) +
-    i A_imag and a 1x1 conv. Its `inv_dt` is this layer's `log_dt` for dt = exp(.) and `inv_dt` otherwise.
-    """
-    D = sd['layer.D']
-    C = sd['layer.kernel.C']
-    inv_dt = sd['layer.kernel.inv_dt']
-    dt_name = layer.kernel.dt_name if layer is not None else 'log_dt'
-    return {
-        'D': D[0] if D.shape[0] == 1 else D,
-        f'kernel.{dt_name}': inv_dt[:, 0] if inv_dt.shape[-1] == 1 else inv_dt,
-        'kernel.log_A_real': sd['layer.kernel.A_real'],
-        'kernel.A_imag': -sd['layer.kernel.A_imag'],
-        'kernel.B': sd['layer.kernel.B'][0],
-        'kernel.C': C[0] if C.shape[0] == 1 else C,
-        'output_linear.0.weight': sd['output_linear.0.weight'].unsqueeze(-1),
-        'output_linear.0.bias': sd['output_linear.0.bias'],
-    }
-
-
-def _ours_for_block(kw, **extra):
-    """The official block's arguments, official names included (init 'diag-inv', dt_transform, final_act, ...)."""
-    options = {k: kw[k] for k in OFFICIAL_OPTIONS if k in kw}
-    return S4D(
-        kw['d_model'], kw['d_state'], init=kw['init'], disc=kw['disc'], bidirectional=kw['bidirectional'],
-        channels=kw.get('channels', 1), n_ssm=kw['n_ssm'], learn_B=True, **options, **extra)
 
 
 def test_minimal_official_state_dict_loads_and_matches():
@@ -60,8 +30,8 @@ def test_minimal_official_state_dict_loads_and_matches():
 @pytest.mark.parametrize('path', BLOCK_FIXTURES, ids=[p.stem for p in BLOCK_FIXTURES])
 def test_official_block_outputs(path):
     fx = _load(path)
-    layer = _ours_for_block(fx['kwargs']).eval()
-    layer.load_state_dict(_from_official_block(fx['state_dict'], layer))
+    layer = s4d_for_s4block(fx['kwargs']).eval()
+    layer.load_state_dict(s4block_state_dict(fx['state_dict'], layer))
     with torch.no_grad():
         torch.testing.assert_close(layer(fx['input']), fx['output'], rtol=1e-4, atol=1e-5)
 
@@ -71,12 +41,12 @@ def test_initialization_matches_official(path):
     """Deterministic parts of the init equal the official ones (ours is the complex conjugate system)."""
     fx = _load(path)
     sd = fx['state_dict']
-    kernel = _ours_for_block(fx['kwargs']).kernel
+    kernel = s4d_for_s4block(fx['kwargs']).kernel
     torch.testing.assert_close(kernel.log_A_real, sd['layer.kernel.A_real'])
     torch.testing.assert_close(kernel.A_imag, sd['layer.kernel.A_imag'], rtol=1e-5, atol=1e-4)
     official_B = torch.view_as_complex(sd['layer.kernel.B'][0])
     torch.testing.assert_close(torch.view_as_complex(kernel.B), official_B.conj(), rtol=1e-4, atol=1e-4)
-    assert kernel.C.shape == _from_official_block(sd)['kernel.C'].shape
+    assert kernel.C.shape == s4block_state_dict(sd)['kernel.C'].shape
     dt = kernel.dt(torch.float32)
     assert dt.min() >= 1e-3 * (1 - 1e-5) and dt.max() <= 1e-1 * (1 + 1e-5)
     official_dt = sd['layer.kernel.inv_dt']
