@@ -132,6 +132,17 @@ def test_zoo_sequence_models():
         bench.main(['--model', 'sgconv_lra_image', '--seq-len', '64', *TINY_SEQ])
 
 
+def test_profile_shares_per_kind_of_op():
+    (image,) = bench.main(['--model', 'resnet10t', *TINY, '--profile'])
+    (seq,) = bench.main(['--model', 's4d_lra_retrieval', '--seq-len', '64', *TINY_SEQ, '--bench', 'train', '--profile'])
+    for shares in (image['infer_profile'], image['train_profile'], seq['train_profile']):
+        assert set(shares) <= {kind for kind, _ in bench.PROFILE_KINDS} | {'other'}
+        assert sum(shares.values()) == pytest.approx(100, abs=0.5)
+    assert image['infer_profile']['conv'] > 0 and seq['train_profile']['fft'] > 0
+    assert bench._kind_of('aten::mkldnn_convolution') == 'conv' and bench._kind_of('aten::addmm') == 'matmul'
+    assert bench._kind_of('aten::_fft_r2c') == 'fft' and bench._kind_of('aten::gelu') == 'other'
+
+
 def test_in_chans_from_model_kwargs():
     (r,) = bench.main(['--model', 'resnet10t', *TINY, '--bench', 'inference', '--model-kwargs', 'in_chans=1'])
     assert 'error' not in r

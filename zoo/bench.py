@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--num-warm-iter', type=int, default=10, metavar='N')
     parser.add_argument('--num-bench-iter', type=int, default=40, metavar='N')
     parser.add_argument('--no-retry', action='store_true', help='do not halve the batch size after CUDA OOM')
+    parser.add_argument('--profile', action='store_true',
+                        help='after timing, profile a few more steps and add `{infer,train}_profile`: the share of '
+                             'time (percent) per kind of operation, so one sees which lever matters')
     parser.add_argument('--results-file', default='', metavar='FILE', help='also write all results to FILE')
     parser.add_argument('--results-format', default='csv', choices=('csv', 'json'))
     parser.add_argument('--plot', default='', metavar='FILE.png', help='scatter of throughput vs parameters')
@@ -277,11 +280,8 @@ def bench_inference(model, make_input, batch_size, timer, autocast, args) -> Dic
 
     with torch.inference_mode():
         elapsed, total_step = _timed_loop(step, timer, args.num_warm_iter, args.num_bench_iter)
-    return dict(
-        samples_per_sec=round(batch_size * args.num_bench_iter / elapsed, 2),
-        step_time=round(1000 * total_step / args.num_bench_iter, 3),
-        batch_size=batch_size,
-    )
+        profile = profile_shares(step) if args.profile else None
+    return _phase_results(batch_size, elapsed, total_step, profile, args)
 
 
 def bench_train(model, make_input, batch_size, timer, autocast, args) -> Dict:
@@ -304,11 +304,53 @@ def bench_train(model, make_input, batch_size, timer, autocast, args) -> Dict:
         return timer(sync=True) - t0
 
     elapsed, total_step = _timed_loop(step, timer, args.num_warm_iter, args.num_bench_iter)
-    return dict(
+    return _phase_results(batch_size, elapsed, total_step, profile_shares(step) if args.profile else None, args)
+
+
+def _phase_results(batch_size, elapsed, total_step, profile, args) -> Dict:
+    results = dict(
         samples_per_sec=round(batch_size * args.num_bench_iter / elapsed, 2),
         step_time=round(1000 * total_step / args.num_bench_iter, 3),
         batch_size=batch_size,
     )
+    if profile is not None:
+        results['profile'] = profile
+    return results
+
+
+# Kinds of operation for `--profile`, matched in order against the profiler's op names (self time, forward and
+# backward ops alike); the rest is 'other' (elementwise, activations, reductions, Python glue).
+PROFILE_KINDS = (
+    ('conv', ('conv', 'winograd', 'dwconv')),
+    ('matmul', ('addmm', 'aten::mm', 'bmm', 'matmul', 'linear', 'einsum')),
+    ('fft', ('fft',)),
+    ('norm', ('norm',)),
+    ('copy', ('copy', 'clone', 'contiguous', 'aten::cat', 'aten::pad', 'constant_pad', 'index', 'gather', 'scatter',
+              'aten::fill_', 'aten::zero_', 'empty')),
+)
+
+
+def _kind_of(op_name: str) -> str:
+    name = op_name.lower()
+    for kind, needles in PROFILE_KINDS:
+        if any(n in name for n in needles):
+            return kind
+    return 'other'
+
+
+def profile_shares(step, num_steps: int = 3) -> Dict[str, float]:
+    """Percent of the profiled self time per kind of op (PROFILE_KINDS) over `num_steps` calls of `step`."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        for _ in range(num_steps):
+            step()
+    totals: Dict[str, float] = {}
+    for event in prof.key_averages():
+        self_time = event.self_device_time_total if torch.cuda.is_available() else event.self_cpu_time_total
+        totals[_kind_of(event.key)] = totals.get(_kind_of(event.key), 0.) + self_time
+    whole = sum(totals.values()) or 1.
+    return {kind: round(100 * t / whole, 1) for kind, t in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
 def _with_oom_retry(run, batch_size: int, retry: bool, name: str) -> Dict:
@@ -366,6 +408,8 @@ def benchmark_model(name: str, args) -> Dict:
         results[f'{prefix}_step_time'] = phase['step_time']
         results[f'{prefix}_batch_size'] = phase['batch_size']
         results[f'{prefix}_img_size'] = bench_input.input_size[-1]
+        if 'profile' in phase:
+            results[f'{prefix}_profile'] = phase['profile']
         if prefix == 'infer' and gmacs is not None:
             results['infer_gmacs'] = gmacs
         if bench_input.is_sequence:
