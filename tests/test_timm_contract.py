@@ -1,8 +1,8 @@
 """The timm model contract, checked for every image model the zoo registers (after timm's tests/test_models.py).
 
 Inputs are shrunk to at most MAX_SIZE pixels (unless a model's input size is fixed) so the suite runs on a CPU.
-The default run checks the smallest variant of each family; the others are `slow` (run by `pytest -m slow`, and by
-CI). `python tests/timm_suite.py /path/to/pytorch-image-models` runs timm's own test file on every zoo image model.
+The default run checks the smallest variant of each family; the largest ones are `slow` (run by `pytest -m slow`,
+and by CI); the variants in between differ only in widths and depths and are `exhaustive` (`pytest -m exhaustive`). `python tests/timm_suite.py /path/to/pytorch-image-models` runs timm's own test file on every zoo image model.
 """
 import math
 
@@ -15,7 +15,10 @@ import zoo.models
 
 # The smallest variant of each family (the Lie-group CPU configurations: one per group and the CNN baseline).
 DEFAULT_RUN = ('inceptionnext_atto', 'unireplknet_a', 'liegroup_sl2_small', 'liegroup_gl2_small', 'liegroup_cnn_small')
-IMAGE_MODELS = [name if name in DEFAULT_RUN else pytest.param(name, marks=pytest.mark.slow)
+# The largest variant of each family, and the Lie-group paper configurations.
+SLOW_RUN = ('inceptionnext_base_384', 'unireplknet_xl', 'liegroup_sl2', 'liegroup_gl2', 'liegroup_cnn')
+IMAGE_MODELS = [name if name in DEFAULT_RUN else
+                pytest.param(name, marks=pytest.mark.slow if name in SLOW_RUN else pytest.mark.exhaustive)
                 for name in zoo.models.image_model_names()]
 MAX_SIZE = 64
 ODD_SIZE = 37  # every model's features must keep feature_info's reductions at odd sizes too
