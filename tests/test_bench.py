@@ -133,13 +133,17 @@ def test_zoo_sequence_models():
 
 
 def test_profile_shares_per_kind_of_op():
-    (image,) = bench.main(['--model', 'resnet10t', *TINY, '--profile'])
+    (image,) = bench.main(['--model', 'unireplknet_a', *TINY, '--profile'])
     (seq,) = bench.main(['--model', 's4d_lra_retrieval', '--seq-len', '64', *TINY_SEQ, '--bench', 'train', '--profile'])
     for shares in (image['infer_profile'], image['train_profile'], seq['train_profile']):
-        assert set(shares) <= {kind for kind, _ in bench.PROFILE_KINDS} | {'other'}
+        assert set(shares) <= {kind for kind, _ in bench.PROFILE_KINDS} | {'dwconv', 'other'}
         assert sum(shares.values()) == pytest.approx(100, abs=0.5)
-    assert image['infer_profile']['conv'] > 0 and seq['train_profile']['fft'] > 0
-    assert bench._kind_of('aten::mkldnn_convolution') == 'conv' and bench._kind_of('aten::addmm') == 'matmul'
+    assert image['infer_profile']['dwconv'] > 0 and image['train_profile']['matmul'] > 0
+    assert seq['train_profile']['fft'] > 0
+    assert bench._kind_of('aten::mkldnn_convolution', [[2, 8, 5, 5], [8, 8, 3, 3]]) == 'conv'
+    assert bench._kind_of('aten::mkldnn_convolution', [[2, 8, 5, 5], [8, 1, 3, 3]]) == 'dwconv'
+    assert bench._kind_of('aten::convolution_backward', [[2, 8, 5, 5], [2, 8, 5, 5], [8, 1, 3, 3]]) == 'dwconv'
+    assert bench._kind_of('aten::addmm') == 'matmul'
     assert bench._kind_of('aten::_fft_r2c') == 'fft' and bench._kind_of('aten::gelu') == 'other'
 
 

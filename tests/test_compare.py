@@ -3,7 +3,7 @@
 The official code is not available here, so each suite that needs `--official` gets a stand-in checkout written into
 tmp_path: the same file paths, class and function names and constructor signatures that `zoo.official` imports, each
 wrapping this project's own layer or model in a few lines (with `SHIFT` added to a weight, to make the two sides
-differ). Real runs against the official checkouts: docs/benchmarks.md, "Comparing against the official code".
+differ). Real runs against the official checkouts: docs/benchmarks.md, "Against the official code (CPU)".
 """
 import json
 import re

@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--no-retry', action='store_true', help='do not halve the batch size after CUDA OOM')
     parser.add_argument('--profile', action='store_true',
                         help='after timing, profile a few more steps and add `{infer,train}_profile`: the share of '
-                             'time (percent) per kind of operation, so one sees which lever matters')
+                             'time (percent) per kind of operation (dwconv, conv, matmul, fft, norm, copy, other), '
+                             'so one sees which lever matters')
     parser.add_argument('--results-file', default='', metavar='FILE', help='also write all results to FILE')
     parser.add_argument('--results-format', default='csv', choices=('csv', 'json'))
     parser.add_argument('--plot', default='', metavar='FILE.png', help='scatter of throughput vs parameters')
@@ -319,9 +320,10 @@ def _phase_results(batch_size, elapsed, total_step, profile, args) -> Dict:
 
 
 # Kinds of operation for `--profile`, matched in order against the profiler's op names (self time, forward and
-# backward ops alike); the rest is 'other' (elementwise, activations, reductions, Python glue).
+# backward ops alike); the rest is 'other' (elementwise, activations, reductions, Python glue). Convolutions with a
+# (C, 1, kh, kw) weight count as 'dwconv' (depthwise: what reparameterization and the layout change).
 PROFILE_KINDS = (
-    ('conv', ('conv', 'winograd', 'dwconv')),
+    ('conv', ('conv', 'winograd')),
     ('matmul', ('addmm', 'aten::mm', 'bmm', 'matmul', 'linear', 'einsum')),
     ('fft', ('fft',)),
     ('norm', ('norm',)),
@@ -330,25 +332,35 @@ PROFILE_KINDS = (
 )
 
 
-def _kind_of(op_name: str) -> str:
+def _kind_of(op_name: str, input_shapes=()) -> str:
     name = op_name.lower()
     for kind, needles in PROFILE_KINDS:
         if any(n in name for n in needles):
+            if kind == 'conv' and _is_depthwise(name, input_shapes):
+                return 'dwconv'
             return kind
     return 'other'
+
+
+def _is_depthwise(name: str, input_shapes) -> bool:
+    # ATen's conv ops take (input, weight, ...), their backward (grad_output, input, weight, ...)
+    index = 2 if 'backward' in name else 1
+    weight = input_shapes[index] if len(input_shapes) > index else ()
+    return len(weight) == 4 and weight[1] == 1 and weight[0] > 1
 
 
 def profile_shares(step, num_steps: int = 3) -> Dict[str, float]:
     """Percent of the profiled self time per kind of op (PROFILE_KINDS) over `num_steps` calls of `step`."""
     from torch.profiler import ProfilerActivity, profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=True) as prof:
         for _ in range(num_steps):
             step()
     totals: Dict[str, float] = {}
-    for event in prof.key_averages():
+    for event in prof.key_averages(group_by_input_shape=True):
         self_time = event.self_device_time_total if torch.cuda.is_available() else event.self_cpu_time_total
-        totals[_kind_of(event.key)] = totals.get(_kind_of(event.key), 0.) + self_time
+        kind = _kind_of(event.key, event.input_shapes)
+        totals[kind] = totals.get(kind, 0.) + self_time
     whole = sum(totals.values()) or 1.
     return {kind: round(100 * t / whole, 1) for kind, t in sorted(totals.items(), key=lambda kv: -kv[1])}
 
