@@ -143,6 +143,7 @@ def test_profile_shares_per_kind_of_op():
     assert bench._kind_of('aten::mkldnn_convolution', [[2, 8, 5, 5], [8, 8, 3, 3]]) == 'conv'
     assert bench._kind_of('aten::mkldnn_convolution', [[2, 8, 5, 5], [8, 1, 3, 3]]) == 'dwconv'
     assert bench._kind_of('aten::convolution_backward', [[2, 8, 5, 5], [2, 8, 5, 5], [8, 1, 3, 3]]) == 'dwconv'
+    assert bench._kind_of('aten::mkldnn_convolution', [[2, 1, 5, 5], [8, 1, 3, 3]]) == 'conv'  # 1-channel input
     assert bench._kind_of('aten::addmm') == 'matmul'
     assert bench._kind_of('aten::_fft_r2c') == 'fft' and bench._kind_of('aten::gelu') == 'other'
 

@@ -343,10 +343,13 @@ def _kind_of(op_name: str, input_shapes=()) -> str:
 
 
 def _is_depthwise(name: str, input_shapes) -> bool:
-    # ATen's conv ops take (input, weight, ...), their backward (grad_output, input, weight, ...)
+    # ATen's conv ops take (input, weight, ...), their backward (grad_output, input, weight, ...); one input channel
+    # per group from several input channels is a depthwise conv (a 1-channel image's dense conv is not)
     index = 2 if 'backward' in name else 1
-    weight = input_shapes[index] if len(input_shapes) > index else ()
-    return len(weight) == 4 and weight[1] == 1 and weight[0] > 1
+    if len(input_shapes) <= index:
+        return False
+    image, weight = input_shapes[index - 1], input_shapes[index]
+    return len(weight) == 4 and len(image) == 4 and weight[1] == 1 and image[1] > 1
 
 
 def profile_shares(step, num_steps: int = 3) -> Dict[str, float]:
