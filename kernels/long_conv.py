@@ -205,8 +205,8 @@ def longconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None,
         return longconv_ref(u, k, D, bidirectional, fft_size=1 << (2 * u.shape[-1] - 1).bit_length())
     if use_triton(backend, u, 'longconv'):
         return _longconv_triton(u, k, D, bidirectional)
-    if u.device.type == 'cpu' and not torch.compiler.is_compiling():
-        # the blocked loop pays off in CPU caches; compiled graphs and GPUs take the plain transforms
+    if u.device.type == 'cpu' and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+        # the blocked loop pays off in CPU caches; compiled or traced graphs and GPUs take the plain transforms
         return longconv_fft(u, k, D, bidirectional)
     return longconv_ref(u, k, D, bidirectional)
 
