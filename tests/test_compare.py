@@ -204,7 +204,6 @@ def run_suite(suite, tmp_path, *extra):
     return compare.main(argv)
 
 
-@pytest.mark.filterwarnings('ignore:Importing from timm.models.registry is deprecated')  # the stand-in, as the original
 @pytest.mark.parametrize('suite', list(compare.SUITES))
 def test_suite_end_to_end(suite, tmp_path, capsys, isolated_imports):
     rows = run_suite(suite, tmp_path, '--json', str(tmp_path / 'rows.json'))
