@@ -170,8 +170,9 @@ TINY_ARGS = {
     'unireplknet': ['--models', 'a', '--img-size', '32', '-b', '1'],
     'inceptionnext': ['--models', 'atto', '--img-size', '32', '-b', '2'],  # BatchNorm: 2 samples
     'dwconv-layout': ['--shapes', '4x6', '--kernel-size', '5'],
+    'winograd': ['--shapes', '6x9', '-b', '2'],
 }
-ROWS = {'s4d': 2, 'sgconv': 1, 'liegroup': 3, 'unireplknet': 4, 'inceptionnext': 4, 'dwconv-layout': 2}
+ROWS = {'s4d': 2, 'sgconv': 1, 'liegroup': 3, 'unireplknet': 4, 'inceptionnext': 4, 'dwconv-layout': 2, 'winograd': 2}
 EXPECTED_FILE = {'s4d': 'models/s4/s4d.py', 'sgconv': 'gconv_standalone.py', 'liegroup': 'train.py',
                  'unireplknet': 'unireplknet.py'}
 

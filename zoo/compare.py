@@ -23,6 +23,9 @@ project; packages only it needs, such as einops, can come from `--site DIR`):
 - `dwconv-layout`: the torch path of `kernels.dwconv2d` on the CPU, NCHW against channels_last (weights in the same
   layout as the input, as a model converted with `.to(memory_format=...)` has them), forward and forward + backward,
   at the UniRepLKNet-T stage shapes with 13x13 kernels (no --official).
+- `winograd`: a dense 'same' convolution, `F.conv2d` (oneDNN's direct convolution) against
+  `kernels.conv2d_winograd`, forward and forward + backward, at the Lie-group shapes: 400 packed channels at 36 and
+  18 px (the paper configuration) and 64 at 36 px, 5x5 (no --official).
 
 Method, the same for every suite. One process, float32, `torch.set_num_threads(--threads)` (default 1; the intra-op
 pool of ATen, MKL and oneDNN; export OMP_NUM_THREADS to the same value to pin OpenMP too, the header records it).
@@ -88,6 +91,8 @@ S4BLOCK_KWARGS = dict(mode='diag', init='diag-inv', disc='bilinear', bidirection
 # SGConv as in the cat_randn_bidir golden fixture (tests/fixtures/make_sgconv.py).
 SGCONV_KWARGS = dict(mode='cat_randn', bidirectional=True, postact='glu')
 DWCONV_SHAPES = ('160x28', '320x14', '640x7')  # UniRepLKNet-T stages with 13x13 kernels (channels x size)
+# Lie-group paper configuration (400 packed channels: residual stages, last conv) and the width-16, N-4 one (64)
+WINOGRAD_SHAPES = ('400x36', '400x18', '64x36')
 
 
 @dataclass
@@ -337,8 +342,32 @@ def inceptionnext_suite(args) -> Suite:
         for v in args.models or ('atto', 'tiny') for mode in labels for layout in ('NCHW', 'channels_last')])
 
 
+def _op_call(op: Callable[[], torch.Tensor], leaves: Sequence[torch.Tensor], backward: bool) -> Callable[[], None]:
+    """One call of an op: its forward under inference mode, or forward + backward of its sum from cleared gradients."""
+    def call():
+        if not backward:
+            with torch.inference_mode():
+                op()
+            return
+        for t in leaves:
+            t.grad = None
+        op().sum().backward()
+    return call
+
+
+def _shape_rows(shapes: Sequence[str], batch: int, what: str, build) -> List[Comparison]:
+    """One comparison per shape 'CxS' (channels x spatial size) and per pass (forward, forward + backward)."""
+    comparisons = []
+    for shape in shapes:
+        channels, size = (int(v) for v in shape.lower().split('x'))
+        for backward in (False, True):
+            label = f"{what} {'fwd+bwd' if backward else 'fwd'}, {batch}x{channels}x{size}x{size}"
+            comparisons.append(Comparison(label, partial(build, channels, size, backward)))
+    return comparisons
+
+
 def dwconv_layout_suite(args) -> Suite:
-    B, k = args.batch_size or 2, args.kernel_size
+    B, k = args.batch_size or 2, args.kernel_size or 13
 
     def build(channels: int, size: int, backward: bool) -> Pair:
         torch.manual_seed(0)
@@ -347,34 +376,33 @@ def dwconv_layout_suite(args) -> Suite:
         cl = torch.channels_last
         x_cl, w_cl = x.contiguous(memory_format=cl), w.contiguous(memory_format=cl)
         leaves = [t.requires_grad_(backward) for t in (x, w, bias, x_cl, w_cl)]
+        nchw = partial(kernels.dwconv2d, x, w, bias, backend='torch')
+        channels_last = partial(kernels.dwconv2d, x_cl, w_cl, bias, backend='torch')
+        return Pair(_op_call(nchw, leaves, backward), _op_call(channels_last, leaves, backward),
+                    _outputs(nchw, channels_last), k * k)
 
-        def conv(inp, weight):
-            return kernels.dwconv2d(inp, weight, bias, backend='torch')
+    return Suite(('NCHW', 'channels_last'), _shape_rows(args.shapes or DWCONV_SHAPES, B, f'dwconv2d {k}x{k}', build))
 
-        def call(inp, weight):
-            if not backward:
-                with torch.inference_mode():
-                    return conv(inp, weight)
-            for t in leaves:
-                t.grad = None
-            conv(inp, weight).sum().backward()
 
-        return Pair(partial(call, x, w), partial(call, x_cl, w_cl),
-                    _outputs(lambda: conv(x, w), lambda: conv(x_cl, w_cl)), k * k)
+def winograd_suite(args) -> Suite:
+    B, k = args.batch_size or 8, args.kernel_size or 5
 
-    comparisons = []
-    for shape in args.shapes:
-        channels, size = (int(v) for v in shape.lower().split('x'))
-        for backward in (False, True):
-            what = 'fwd+bwd' if backward else 'fwd'
-            comparisons.append(Comparison(f'dwconv2d {k}x{k} {what}, {B}x{channels}x{size}x{size}',
-                                          partial(build, channels, size, backward)))
-    return Suite(('NCHW', 'channels_last'), comparisons)
+    def build(channels: int, size: int, backward: bool) -> Pair:
+        torch.manual_seed(0)
+        x = torch.randn(B, channels, size, size)
+        w = torch.randn(channels, channels, k, k) / (channels * k * k) ** 0.5
+        leaves = [t.requires_grad_(backward) for t in (x, w)]
+        direct = partial(F.conv2d, x, w, padding=k // 2)
+        winograd = partial(kernels.conv2d_winograd, x, w, padding=k // 2)
+        return Pair(_op_call(direct, leaves, backward), _op_call(winograd, leaves, backward),
+                    _outputs(direct, winograd), channels * k * k)
+
+    return Suite(('F.conv2d', 'Winograd'), _shape_rows(args.shapes or WINOGRAD_SHAPES, B, f'dense conv {k}x{k}', build))
 
 
 SUITES = {
     's4d': s4d_suite, 'sgconv': sgconv_suite, 'liegroup': liegroup_suite, 'unireplknet': unireplknet_suite,
-    'inceptionnext': inceptionnext_suite, 'dwconv-layout': dwconv_layout_suite,
+    'inceptionnext': inceptionnext_suite, 'dwconv-layout': dwconv_layout_suite, 'winograd': winograd_suite,
 }
 
 
@@ -534,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--memory', action='store_true', help='also measure each side\'s peak memory (slower)')
     parser.add_argument('--json', metavar='FILE', help='also write the rows (with every per-call time) to FILE')
     parser.add_argument('-b', '-B', '--batch-size', type=int, default=None, metavar='N',
-                        help='batch (s4d, sgconv, unireplknet, inceptionnext: 8; dwconv-layout: 2)')
+                        help='batch (s4d, sgconv, unireplknet, inceptionnext, winograd: 8; dwconv-layout: 2)')
     seq = parser.add_argument_group('s4d, sgconv')
     seq.add_argument('--lengths', type=int, nargs='+', default=[1024, 4096, 16384], metavar='L')
     seq.add_argument('-H', '--d-model', type=int, default=256, metavar='H')
@@ -550,10 +578,11 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument('--models', nargs='+', default=None, metavar='V',
                      help='variants (unireplknet: a t; inceptionnext: atto tiny)')
     img.add_argument('--img-size', type=int, default=None, metavar='S', help='default 224 (liegroup: 40)')
-    dw = parser.add_argument_group('dwconv-layout')
-    dw.add_argument('--shapes', nargs='+', default=list(DWCONV_SHAPES), metavar='CxS',
-                    help='channels x spatial size (default: %(default)s)')
-    dw.add_argument('--kernel-size', type=int, default=13)
+    dw = parser.add_argument_group('dwconv-layout, winograd')
+    dw.add_argument('--shapes', nargs='+', default=None, metavar='CxS',
+                    help=f"channels x spatial size (dwconv-layout: {' '.join(DWCONV_SHAPES)}; winograd: "
+                         f"{' '.join(WINOGRAD_SHAPES)})")
+    dw.add_argument('--kernel-size', type=int, default=None, help='dwconv-layout: 13; winograd: 5 (or 3)')
     parser.add_argument('--probe', default=None, help=argparse.SUPPRESS)  # INDEX:SIDE, the --memory subprocess
     return parser
 
