@@ -28,7 +28,6 @@ import timm
 import torch
 from timm.models import get_pretrained_cfg
 from timm.models._hub import download_cached_file
-from torch.hub import HASH_REGEX
 
 from zoo._cli import ModelKwargsAction
 from zoo.lit import LitClassifier
