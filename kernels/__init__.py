@@ -14,14 +14,15 @@ CUDA tensor (or Triton's CPU interpreter) asks for it:
 `backend='auto'|'torch'|'triton'` picks the implementation (`kernels.backend`); under TorchScript the references run.
 """
 from .backend import (
-    BACKENDS, TRITON_DTYPES, check_backend, interpret_mode, record_calls, triton_available, use_triton)
+    BACKENDS, TRITON_DTYPES, check_backend, exporting, interpret_mode, record_calls, triton_available, use_triton)
 from .depthwise import dwconv2d, dwconv2d_ref, same_padding
 from .inception_mixer import inception_dw, inception_dw_ref
 from .long_conv import longconv, longconv_fft, longconv_ref
 from .winograd import WINOGRAD_KERNEL_SIZES, conv2d_winograd, winograd_supported
 
 __all__ = [
-    'BACKENDS', 'TRITON_DTYPES', 'check_backend', 'interpret_mode', 'record_calls', 'triton_available', 'use_triton',
+    'BACKENDS', 'TRITON_DTYPES', 'check_backend', 'exporting', 'interpret_mode', 'record_calls', 'triton_available',
+    'use_triton',
     'dwconv2d', 'dwconv2d_ref', 'same_padding', 'inception_dw', 'inception_dw_ref',
     'longconv', 'longconv_fft', 'longconv_ref',
     'WINOGRAD_KERNEL_SIZES', 'conv2d_winograd', 'winograd_supported',

@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 
 __all__ = ['BACKENDS', 'TRITON_DTYPES', 'check_backend', 'triton_available', 'interpret_mode', 'use_triton',
-           'record_calls']
+           'record_calls', 'exporting']
 
 BACKENDS = ('auto', 'torch', 'triton')
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -33,6 +33,13 @@ def triton_available() -> bool:
 def interpret_mode() -> bool:
     """Whether Triton kernels are simulated on the CPU (TRITON_INTERPRET=1, read when the kernels are compiled)."""
     return os.environ.get('TRITON_INTERPRET', '0').lower() in ('1', 'true', 'on', 'yes')
+
+
+def exporting() -> bool:
+    """Whether torch.export is tracing (ONNX, ExportedProgram). `torch.compiler.is_exporting` arrived in torch 2.6;
+    older versions cannot run the dynamo exporters anyway."""
+    is_exporting = getattr(torch.compiler, 'is_exporting', None)
+    return is_exporting is not None and is_exporting()
 
 
 def check_backend(backend: str, what: str = 'kernel_backend') -> str:

@@ -23,9 +23,16 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .backend import note_call, recording, use_triton
+from .backend import exporting, note_call, recording, use_triton
 
-__all__ = ['longconv', 'longconv_fft', 'longconv_ref', 'fft_length']
+__all__ = ['longconv', 'longconv_fft', 'longconv_ref', 'fft_length', 'export_fft_length']
+
+
+def _full_kernel(k: torch.Tensor, bidirectional: bool, L: int, n: int) -> torch.Tensor:
+    """(H, n): k at lags 0..L-1 and, bidirectional, the backward kernel at lags -1..-L (wrapped to the end)."""
+    if not bidirectional:
+        return F.pad(k, (0, n - L))
+    return F.pad(k[0], (0, n - L)) + F.pad(k[1].flip(-1), (n - L, 0))
 
 
 def longconv_ref(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None,
@@ -35,13 +42,10 @@ def longconv_ref(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = N
     n = 2 * L if fft_size is None else fft_size
     if n < 2 * L:
         raise ValueError(f"fft_size must be at least 2L = {2 * L} (no wrap-around), got {n}")
-    if bidirectional:
-        if k.dim() != 3 or k.shape[0] != 2:
-            raise ValueError(f"a bidirectional kernel has shape (2, H, L), got {list(k.shape)}")
-        # Non-causal kernel of length n: k_fwd at lags 0..L-1, k_bwd mirrored onto lags -L..-1 (wrapped to the end).
-        k = F.pad(k[0], (0, n - L)) + F.pad(k[1].flip(-1), (n - L, 0))
+    if bidirectional and (k.dim() != 3 or k.shape[0] != 2):
+        raise ValueError(f"a bidirectional kernel has shape (2, H, L), got {list(k.shape)}")
     dtype = torch.promote_types(u.dtype, torch.float32)  # fp32 FFTs for fp32 and below, fp64 stays fp64
-    k_f = torch.fft.rfft(k.to(dtype), n=n)
+    k_f = torch.fft.rfft(_full_kernel(k, bidirectional, L, n).to(dtype), n=n)
     u_f = torch.fft.rfft(u.to(dtype), n=n)
     y = torch.fft.irfft(u_f * k_f, n=n)[..., :L]
     if D is not None:
@@ -68,11 +72,9 @@ def fft_length(L: int, bidirectional: bool = False) -> int:
     return best
 
 
-def _full_kernel(k: torch.Tensor, bidirectional: bool, L: int, n: int) -> torch.Tensor:
-    """(H, n): k at lags 0..L-1 and, bidirectional, the backward kernel at lags -1..-L (wrapped to the end)."""
-    if not bidirectional:
-        return F.pad(k, (0, n - L))
-    return F.pad(k[0], (0, n - L)) + F.pad(k[1].flip(-1), (n - L, 0))
+def export_fft_length(L: int) -> int:
+    """The transform size under torch.export: the power of two at least 2L (module docstring)."""
+    return 1 << (2 * L - 1).bit_length()
 
 
 # Rows (one feature of one sequence each) transformed together: about 2 MiB of float32 per work buffer, so the
@@ -80,9 +82,14 @@ def _full_kernel(k: torch.Tensor, bidirectional: bool, L: int, n: int) -> torch.
 _BLOCK_ELEMENTS = 1 << 19
 
 
+def _block_rows(H: int, n: int) -> int:
+    """Rows per block: about _BLOCK_ELEMENTS / n, at least one, at most H."""
+    return max(1, min(H, _BLOCK_ELEMENTS // n))
+
+
 def _blocks(B: int, H: int, n: int):
-    """(b, h0, h1) row blocks over a (B, H, .) tensor, h1 - h0 <= rows of about _BLOCK_ELEMENTS / n."""
-    rows = max(1, min(H, _BLOCK_ELEMENTS // n))
+    """(b, h0, h1) row blocks over a (B, H, .) tensor, h1 - h0 <= _block_rows(H, n)."""
+    rows = _block_rows(H, n)
     for b in range(B):
         for h0 in range(0, H, rows):
             yield b, h0, min(H, h0 + rows)
@@ -99,7 +106,7 @@ class _LongConvFFT(torch.autograd.Function):
         k_f = torch.fft.rfft(_full_kernel(k.to(dtype), bidirectional, L, n), n=n)  # (H, F), once for all rows
         D32 = D.to(dtype).unsqueeze(-1) if D is not None else None
         y = u.new_empty((B, H, L), dtype=dtype)
-        rows = min(H, max(1, _BLOCK_ELEMENTS // n))
+        rows = _block_rows(H, n)
         padded = u.new_zeros((rows, n), dtype=dtype)  # the tail stays zero: only [:, :L] is ever written
         spectrum = k_f.new_empty((rows, n // 2 + 1))
         full = u.new_empty((rows, n), dtype=dtype)
@@ -124,7 +131,7 @@ class _LongConvFFT(torch.autograd.Function):
         n, (B, H, L) = ctx.n, u.shape
         dtype = k_f.real.dtype
         need_u, need_k, need_D = ctx.needs_input_grad[:3]
-        rows = min(H, max(1, _BLOCK_ELEMENTS // n))
+        rows = _block_rows(H, n)
         du = u.new_empty((B, H, L), dtype=dtype) if need_u else None
         dk_f = k_f.new_zeros(k_f.shape) if need_k else None  # sum over the batch of conj(U) dY
         dD = u.new_zeros(H, dtype=dtype) if need_D else None
@@ -201,8 +208,8 @@ def longconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None,
     if torch.jit.is_scripting():  # TorchScript runs the reference (the code below is never compiled)
         return longconv_ref(u, k, D, bidirectional)
     _check_args(u, k, D, bidirectional, backend)
-    if _exporting():  # a power-of-two transform, which every runtime's DFT computes accurately (module docstring)
-        return longconv_ref(u, k, D, bidirectional, fft_size=1 << (2 * u.shape[-1] - 1).bit_length())
+    if exporting():  # a power-of-two transform, which every runtime's DFT computes accurately (module docstring)
+        return longconv_ref(u, k, D, bidirectional, fft_size=export_fft_length(u.shape[-1]))
     if use_triton(backend, u, 'longconv'):
         return _longconv_triton(u, k, D, bidirectional)
     if u.device.type == 'cpu' and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
@@ -214,9 +221,3 @@ def longconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None,
 def _longconv_triton(u, k, D, bidirectional):
     from .triton.long_conv import longconv_triton  # Triton is imported on first use
     return longconv_triton(u, k, D, bidirectional)
-
-
-def _exporting() -> bool:
-    # torch.compiler.is_exporting arrived in torch 2.6; the dynamo ONNX exporter needs a recent torch anyway
-    is_exporting = getattr(torch.compiler, 'is_exporting', None)
-    return is_exporting is not None and is_exporting()

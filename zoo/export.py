@@ -57,6 +57,7 @@ import torch.nn as nn
 from timm.data import resolve_data_config
 from timm.utils import reparameterize_model
 
+from kernels.long_conv import export_fft_length
 from zoo._cli import ModelKwargsAction
 from zoo.lit import LitClassifier
 from zoo.models.liegroup import LieGroupResNet
@@ -255,7 +256,7 @@ def inference_form(model: nn.Module, model_input: ModelInput, reparam: bool) -> 
 def _reduction_terms(model: nn.Module, length: int) -> List[float]:
     """sqrt(n) for each layer that sums n products (convs, linears, generated kernels frozen as conv weights), and
     3 log2(n) for each FFT convolution of size n (three transforms of log2(n) butterfly stages)."""
-    fft_size = 1 << (2 * length - 1).bit_length()  # as exported (kernels.long_conv); the eager one is no larger
+    fft_size = export_fft_length(length)  # the eager one is no larger
     terms = []
     for m in model.modules():
         weight = getattr(m, 'weight', None)

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from timm.models import (
     checkpoint_seq, generate_default_cfgs, load_pretrained, register_model, resolve_pretrained_cfg)
 
+from kernels import exporting
+
 from ._pretrained import pretrained_weights
 from ._state_dict import unwrap_state_dict
 from .layers import check_input_dtype, check_kwargs, check_model_args, check_range
@@ -197,7 +199,7 @@ class SeqNet(nn.Module):
                                  f"{tuple(x.shape)}")
             # Value checks: not on a GPU (reading values back would stall every forward; the DataModules check their
             # data) and not in an exported graph (it cannot branch on data).
-            if not x.is_cuda and not torch.compiler.is_exporting():
+            if not x.is_cuda and not exporting():
                 check_range(x, 0, self.vocab_size - 1, 'token ids', f'[0, {self.vocab_size}) (vocab_size)')
             x = x.flatten(0, 1) if self.num_docs == 2 else x
         else:
@@ -237,7 +239,7 @@ class SeqNet(nn.Module):
             raise ValueError(f"lengths must have shape {tuple(x.shape[:-2])}, got {tuple(lengths.shape)}")
         if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
             raise ValueError(f"lengths must be integers (int64) in [1, {L}], got {lengths.dtype}")
-        if not lengths.is_cuda and not torch.compiler.is_exporting():
+        if not lengths.is_cuda and not exporting():
             check_range(lengths, 1, L, 'lengths')
         if self.global_pool == 'avg':
             valid = torch.arange(L, device=x.device) < lengths.unsqueeze(-1)  # (..., L)
