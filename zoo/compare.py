@@ -461,10 +461,7 @@ def probe_memory(pair: Pair, side: str, warmup: int) -> dict:
 
 def _memory_of(index: int, side: str, argv: Sequence[str]) -> float:
     """Run the probe of one comparison side in a fresh process (same arguments) and return its peak in MiB."""
-    argv = list(argv)
-    for flag in ('--memory',):
-        while flag in argv:
-            argv.remove(flag)
+    argv = [a for a in argv if a != '--memory']
     if '--json' in argv:
         i = argv.index('--json')
         del argv[i:i + 2]

@@ -38,13 +38,15 @@ class OfficialCodeError(ImportError):
     """The official code cannot be imported: wrong checkout path, or a package only it needs is missing."""
 
 
-def _checkout(path: PathLike, repo: str, expected: str, site: Sequence[PathLike] = ()) -> Path:
-    """Check that `path` is a checkout of `repo` holding `expected`, then put it (and `site`) on sys.path."""
+def _checkout(path: PathLike, repo: str, expected: Sequence[str], site: Sequence[PathLike] = ()) -> Path:
+    """Check that `path` is a checkout of `repo` holding every file of `expected`, then put it (and `site`) on
+    sys.path."""
     root = Path(path).expanduser().resolve()
-    if not (root / expected).is_file():
-        raise OfficialCodeError(
-            f"--official {path}: expected a checkout of {repo} containing {expected}, but {root / expected} "
-            f"does not exist")
+    for name in expected:
+        if not (root / name).is_file():
+            raise OfficialCodeError(
+                f"--official {path}: expected a checkout of {repo} containing {name}, but {root / name} "
+                f"does not exist")
     for entry in (*site, root):
         entry = str(Path(entry).expanduser().resolve())
         if entry not in sys.path:
@@ -73,7 +75,7 @@ def _missing_package(root: Path, error: ModuleNotFoundError) -> OfficialCodeErro
 
 def import_s4(path: PathLike, site: Sequence[PathLike] = ()) -> Tuple[type, type]:
     """(S4D, S4Block) of state-spaces/s4: the minimal layer and the full block (they import `src.*` from the root)."""
-    root = _checkout(path, 'state-spaces/s4', 'models/s4/s4d.py', site)
+    root = _checkout(path, 'state-spaces/s4', ('models/s4/s4d.py',), site)
     try:
         s4d = _import_from(root, 'models.s4.s4d')
         s4 = _import_from(root, 'models.s4.s4')
@@ -84,7 +86,7 @@ def import_s4(path: PathLike, site: Sequence[PathLike] = ()) -> Tuple[type, type
 
 def import_sgconv(path: PathLike, site: Sequence[PathLike] = ()) -> type:
     """GConv of ctlllll/SGConv's `gconv_standalone.py`."""
-    root = _checkout(path, 'ctlllll/SGConv', 'gconv_standalone.py', site)
+    root = _checkout(path, 'ctlllll/SGConv', ('gconv_standalone.py',), site)
     # The official file imports IPython's `embed` without using it; an empty stand-in spares installing IPython.
     if importlib.util.find_spec('IPython') is None:
         sys.modules['IPython'] = types.SimpleNamespace(embed=None)
@@ -96,10 +98,7 @@ def import_sgconv(path: PathLike, site: Sequence[PathLike] = ()) -> type:
 
 def import_rgenn(path: PathLike, site: Sequence[PathLike] = ()) -> Tuple[types.ModuleType, type]:
     """(the release's `train` module, its `rgenn.layers.GConv2d`) from mirceamironenco/rgenn."""
-    root = _checkout(path, 'mirceamironenco/rgenn', 'train.py', site)
-    if not (root / 'rgenn' / 'layers.py').is_file():
-        raise OfficialCodeError(f"--official {path}: expected a checkout of mirceamironenco/rgenn containing "
-                                f"rgenn/layers.py, but {root / 'rgenn' / 'layers.py'} does not exist")
+    root = _checkout(path, 'mirceamironenco/rgenn', ('train.py', 'rgenn/layers.py'), site)
     try:
         return _import_from(root, 'train'), _import_from(root, 'rgenn.layers').GConv2d
     except ModuleNotFoundError as e:
@@ -112,7 +111,7 @@ def import_unireplknet(path: PathLike, site: Sequence[PathLike] = ()) -> types.M
     The file registers `unireplknet_*` with timm, which would replace this project's models of the same names; it is
     imported with timm's `register_model` made a no-op, so `timm.create_model('unireplknet_t')` stays ours.
     """
-    root = _checkout(path, 'AILab-CVC/UniRepLKNet', 'unireplknet.py', site)
+    root = _checkout(path, 'AILab-CVC/UniRepLKNet', ('unireplknet.py',), site)
     import timm.models.registry
     try:
         with mock.patch.object(timm.models.registry, 'register_model', lambda fn: fn):
