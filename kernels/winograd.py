@@ -4,7 +4,8 @@ The Lie-group convs are dense convs over hundreds of packed (channel, sample) ch
 anew at every training step, and oneDNN's direct 5x5 convolution already runs them near the core's FP32 peak. Only
 less arithmetic makes them faster: F(4x4, 5x5) computes each 4x4 output tile from an 8x8 input tile with 64
 multiplications per (output, input) channel pair instead of 400 (6.25x fewer), as 64 independent channel GEMMs.
-The tile transforms are Kronecker-product GEMMs over all tiles at once; autograd differentiates the whole chain.
+The input transform of all overlapping tiles is one convolution of each channel alone, the kernel and output
+transforms are Kronecker-product GEMMs, and autograd differentiates the whole chain.
 
 Rounding: the transforms use the points 0, +-1, +-2, +-1/2 and infinity (Lavin and Gray, 2016); in float32 the
 result differs from a float64 convolution by about 1e-5 of its largest value (a few times a direct float32
@@ -24,6 +25,10 @@ TILE = 4  # output tile side m
 _POINTS = {3: (0., 1., -1., 2., -2.), 5: (0., 1., -1., 2., -2., .5, -.5)}
 WINOGRAD_KERNEL_SIZES = tuple(_POINTS)
 WINOGRAD_DTYPES = (torch.float32, torch.float64)
+# Images go through the channel GEMMs a few at a time: enough tile columns for an efficient GEMM (about 90 % of a
+# large one from 256 on), while every intermediate stays a few MiB, which the allocator hands back to the next step
+# instead of mapping fresh (page-faulting) memory for tensors of hundreds of MiB at every call.
+GEMM_COLUMNS = 256
 
 
 @functools.lru_cache(maxsize=None)
@@ -55,10 +60,12 @@ def winograd_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and weight.shape[-2] == r and weight.shape[1] == x.shape[1])
 
 
-def conv2d_winograd(x: torch.Tensor, weight: torch.Tensor, padding: int = 0) -> torch.Tensor:
+def conv2d_winograd(x: torch.Tensor, weight: torch.Tensor, padding: int = 0,
+                    gemm_columns: int = GEMM_COLUMNS) -> torch.Tensor:
     """F.conv2d(x, weight, padding=padding) (stride 1, no dilation, no groups) by Winograd F(4x4, r x r).
 
     x: (B, C_in, H, W); weight: (C_out, C_in, r, r), r in WINOGRAD_KERNEL_SIZES; float32 or float64.
+    gemm_columns: the images of a step give at least this many tiles (GEMM_COLUMNS), or are the whole batch.
     """
     if not winograd_supported(x, weight):
         raise ValueError(f"conv2d_winograd: needs float32/float64 input and a matching dense (C_out, "
@@ -66,10 +73,11 @@ def conv2d_winograd(x: torch.Tensor, weight: torch.Tensor, padding: int = 0) -> 
                          f"{tuple(x.shape)} {x.dtype} and weight {tuple(weight.shape)} {weight.dtype}")
     if recording():
         note_call('winograd', x=tuple(x.shape), weight=tuple(weight.shape), padding=padding, dtype=x.dtype)
-    return winograd_with_transforms(x, weight, padding, winograd_transforms(weight.shape[-1]))
+    return winograd_with_transforms(x, weight, padding, winograd_transforms(weight.shape[-1]), gemm_columns)
 
 
-def winograd_with_transforms(x: torch.Tensor, weight: torch.Tensor, padding: int, transforms) -> torch.Tensor:
+def winograd_with_transforms(x: torch.Tensor, weight: torch.Tensor, padding: int, transforms,
+                             gemm_columns: int = GEMM_COLUMNS) -> torch.Tensor:
     """The F(4x4, r x r) algorithm with the given Kronecker transforms (A^T x A^T, G x G, B^T x B^T).
 
     With the absolute values of the transforms, x and weight, it gives the sum of the magnitudes of every term the
@@ -85,14 +93,35 @@ def winograd_with_transforms(x: torch.Tensor, weight: torch.Tensor, padding: int
         raise ValueError(f"conv2d_winograd: a {r}x{r} kernel with padding {padding} leaves no output for a "
                          f"{h}x{w} input")
     tiles_h, tiles_w = -(-h_out // m), -(-w_out // m)
+    tiles = tiles_h * tiles_w
     # Pad so that every output tile has its full alpha x alpha input tile (overlapping by r - 1).
     x = F.pad(x, (padding, padding + m * tiles_w - w_out, padding, padding + m * tiles_h - h_out))
-    tiles = x.unfold(2, alpha, m).unfold(3, alpha, m)  # (B, C_in, tiles_h, tiles_w, alpha, alpha)
-    num_tiles = batch * tiles_h * tiles_w
-    tiles = tiles.permute(4, 5, 1, 0, 2, 3).reshape(alpha * alpha, c_in * num_tiles)
-    v = (kron_b @ tiles).view(alpha * alpha, c_in, num_tiles)  # input transform B^T d B
     u = (kron_g @ weight.reshape(c_out * c_in, r * r).T).view(alpha * alpha, c_out, c_in)  # kernel G g G^T
-    products = torch.bmm(u, v)  # (alpha^2, C_out, tiles): one channel GEMM per tile position
-    y = (kron_a @ products.view(alpha * alpha, c_out * num_tiles)).view(m, m, c_out, batch, tiles_h, tiles_w)
-    y = y.permute(3, 2, 4, 0, 5, 1).reshape(batch, c_out, m * tiles_h, m * tiles_w)
+    # The input transform B^T d B of every alpha x alpha tile (alpha <= 2m), as a convolution of each channel alone:
+    # without autograd, one stride-m conv (the fastest forward); with it, the same map on 2x2 blocks of m x m pixels
+    # after a space-to-depth, whose backward is an ordinary conv (the single-channel one's is 4x slower).
+    differentiate = torch.is_grad_enabled() and x.requires_grad
+    if differentiate:
+        blocks = F.pad(kron_b.view(alpha * alpha, alpha, alpha), (0, 2 * m - alpha, 0, 2 * m - alpha))
+        input_transform = blocks.view(alpha * alpha, 2, m, 2, m).permute(0, 2, 4, 1, 3).reshape(
+            alpha * alpha, m * m, 2, 2)
+        x = F.pad(x, (0, 2 * m - alpha, 0, 2 * m - alpha))  # whole m x m blocks
+    else:
+        input_transform = kron_b.view(alpha * alpha, 1, alpha, alpha)
+    outputs = []
+    step = -(-gemm_columns // tiles)
+    for start in range(0, batch, step):
+        chunk = x[start:start + step]
+        n = chunk.shape[0]
+        chunk = chunk.reshape(n * c_in, 1, chunk.shape[2], chunk.shape[3])
+        if differentiate:
+            v = F.conv2d(F.pixel_unshuffle(chunk, m), input_transform)
+        else:
+            v = F.conv2d(chunk, input_transform, stride=m)  # (n C_in, alpha^2, tiles_h, tiles_w)
+        v = v.view(n, c_in, alpha * alpha, tiles).permute(2, 1, 0, 3).reshape(alpha * alpha, c_in, n * tiles)
+        products = torch.bmm(u, v)  # (alpha^2, C_out, n tiles): one channel GEMM per tile position
+        out = (kron_a @ products.view(alpha * alpha, c_out * n * tiles)).view(m, m, c_out, n, tiles_h, tiles_w)
+        outputs.append(out.permute(3, 2, 4, 0, 5, 1).reshape(n, c_out, m * tiles_h, m * tiles_w))
+    # (a copy into slices of one output would make autograd copy its whole gradient once per step)
+    y = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     return y[..., :h_out, :w_out]

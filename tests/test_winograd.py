@@ -21,17 +21,32 @@ def test_matches_conv2d_in_float64(kernel_size, padding, size):
     torch.testing.assert_close(conv2d_winograd(x, w, padding), F.conv2d(x, w, padding=padding), rtol=0, atol=1e-11)
 
 
-def test_gradients_match_conv2d():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, 11, 10, generator=gen, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(3, 4, 5, 5, generator=gen, dtype=torch.float64, requires_grad=True)
-    cotangent = torch.randn(2, 3, 11, 10, generator=gen, dtype=torch.float64)
-    ours = torch.autograd.grad(conv2d_winograd(x, w, 2), (x, w), cotangent)
-    ref = torch.autograd.grad(F.conv2d(x, w, padding=2), (x, w), cotangent)
+@pytest.mark.parametrize('kernel_size', [3, 5])
+@pytest.mark.parametrize('gemm_columns', [1, 256])  # an image per step, or the whole batch in one
+def test_gradients_match_conv2d(kernel_size, gemm_columns):
+    gen = torch.Generator().manual_seed(kernel_size)
+    x = torch.randn(3, 4, 11, 10, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 4, kernel_size, kernel_size, generator=gen, dtype=torch.float64, requires_grad=True)
+    pad = kernel_size // 2
+    cotangent = torch.randn(3, 3, 11, 10, generator=gen, dtype=torch.float64)
+    ours = torch.autograd.grad(conv2d_winograd(x, w, pad, gemm_columns), (x, w), cotangent)
+    ref = torch.autograd.grad(F.conv2d(x, w, padding=pad), (x, w), cotangent)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
-    assert torch.autograd.gradcheck(lambda x, w: conv2d_winograd(x, w, 1), (x[:1, :2, :6, :6].detach().requires_grad_(),
-                                                                          w[:2, :2].detach().requires_grad_()))
+    assert torch.autograd.gradcheck(lambda x, w: conv2d_winograd(x, w, 1, gemm_columns),
+                                    (x[:2, :2, :6, :6].detach().requires_grad_(), w[:2, :2].detach().requires_grad_()))
+
+
+def test_steps_over_the_batch_give_the_same_result():
+    # Without autograd the input transform takes another form (a strided conv) than with it; both, in steps of any size.
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 6, 13, 9, generator=gen, dtype=torch.float64)
+    w = torch.randn(4, 6, 5, 5, generator=gen, dtype=torch.float64)
+    ref = F.conv2d(x, w, padding=2)
+    for gemm_columns in (1, 25, 10_000):
+        torch.testing.assert_close(conv2d_winograd(x, w, 2, gemm_columns), ref, rtol=0, atol=1e-11)
+        with_graph = conv2d_winograd(x.clone().requires_grad_(), w, 2, gemm_columns)
+        torch.testing.assert_close(with_graph.detach(), ref, rtol=0, atol=1e-11)
 
 
 def test_float32_rounding_stays_within_its_error_bound():
