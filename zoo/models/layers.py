@@ -127,20 +127,20 @@ class LongConvLayer(nn.Module):
         return y if self.transposed else y.transpose(-1, -2)
 
 
-def refuse_options(layer: str, options: dict, unsupported: dict, accepted: Iterable[str]) -> None:
-    """TypeError for keyword arguments a layer does not take: those in `unsupported` (official options with no
-    equivalent here, name -> what they do) are named as not supported, any other as unknown, with the accepted names.
-    Official options left at their inactive defaults (None, False, 0) are let through."""
+def refuse_options(layer: type, options: dict, unsupported: dict) -> None:
+    """TypeError for keyword arguments the `layer` class does not take: those in `unsupported` (official options with
+    no equivalent here, name -> what they do) are named as not supported, any other as unknown, with the names its
+    __init__ accepts. Official options left at their inactive defaults (None, False, 0) are let through."""
     active = {k: v for k, v in options.items() if not (k in unsupported and v in (None, False, 0, 0.0, 'id'))}
     if not active:
         return
     known = sorted(k for k in active if k in unsupported)
     if known:
-        raise TypeError(f"{layer}: the official option{'s' if len(known) > 1 else ''} "
+        raise TypeError(f"{layer.__name__}: the official option{'s' if len(known) > 1 else ''} "
                         f"{', '.join(f'{k}={active[k]!r} ({unsupported[k]})' for k in known)} "
                         f"{'are' if len(known) > 1 else 'is'} not supported")
-    raise TypeError(f"{layer}: unexpected keyword argument{'s' if len(active) > 1 else ''} "
-                    f"{', '.join(map(repr, sorted(active)))}; accepted: {', '.join(sorted(accepted))}")
+    raise TypeError(f"{layer.__name__}: unexpected keyword argument{'s' if len(active) > 1 else ''} "
+                    f"{', '.join(map(repr, sorted(active)))}; accepted: {', '.join(sorted(_parameters(layer)))}")
 
 
 @register_notrace_function

@@ -334,7 +334,7 @@ class S4D(LongConvLayer):
             drop_kernel: float = 0.0,
             **official_options,
     ):
-        refuse_options('S4D', official_options, S4D_UNSUPPORTED, _parameters(S4D))
+        refuse_options(S4D, official_options, S4D_UNSUPPORTED)
         super().__init__(
             d_model, channels=channels, bidirectional=bidirectional, dropout=dropout, tie_dropout=tie_dropout,
             glu=glu, transposed=transposed, kernel_backend=kernel_backend, activation=activation,
@@ -379,9 +379,3 @@ class S4D(LongConvLayer):
         y = y + self.D.reshape(self.channels, self.d_model).to(y.dtype) * u.to(y.dtype).unsqueeze(1)
         y = self.dropout(self.activation(y.to(u.dtype).reshape(u.shape[0], -1, 1)))  # (B, C*H, 1)
         return self.output_linear(y).squeeze(-1), state
-
-
-def _parameters(cls) -> list:
-    import inspect
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return [n for n, p in inspect.signature(cls.__init__).parameters.items() if p.kind in kinds and n != 'self']

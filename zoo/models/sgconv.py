@@ -70,9 +70,7 @@ class SGConv(LongConvLayer):
             drop_kernel: float = 0.0,
             **official_options,
     ):
-        import inspect
-        accepted = [n for n in inspect.signature(SGConv.__init__).parameters if n not in ('self', 'official_options')]
-        refuse_options('SGConv', official_options, SGCONV_UNSUPPORTED, accepted)
+        refuse_options(SGConv, official_options, SGCONV_UNSUPPORTED)
         if n_scales is not None:
             if num_scales is not None and num_scales != n_scales:
                 raise ValueError(f"SGConv: num_scales={num_scales} and its official name n_scales={n_scales} differ")
