@@ -98,12 +98,8 @@ def load_model(source: str, pretrained: bool = False, weights: Optional[str] = N
             model, info = _load_checkpoint(path, model_kwargs, ema)
         else:
             model, info = _load_named(source, pretrained, weights, model_kwargs, ema)
-    except WeightsError as e:
+    except (WeightsError, TypeError, ValueError) as e:  # also model arguments the family refuses (named there)
         raise ExportError(str(e)) from None
-    except (TypeError, ValueError) as e:  # model arguments the family refuses (its message names the model)
-        raise ExportError(str(e)) from None
-    if isinstance(getattr(model, 'pretrained_cfg', None), dict):
-        model.pretrained_cfg.pop('state_dict', None)  # check_fits hands the weights over in the cfg: no second copy
     return model.eval(), info
 
 

@@ -102,12 +102,14 @@ def check_fits(state_dict: Dict[str, torch.Tensor], model_name: str, source='che
     if stem is not None and stem.ndim == 4 and stem.shape[1] == model_kwargs.get('in_chans', 3):
         overlay['input_size'] = (stem.shape[1],) + tuple(cfg.input_size[1:])  # trained on this many channels
     try:
-        return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **model_kwargs)
+        model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **model_kwargs)
     except (RuntimeError, KeyError, ValueError) as e:
         model = timm.create_model(model_name, **model_kwargs)
         detail = describe_mismatch(state_dict, model) or str(e).strip().splitlines()[0]
         with_kwargs = f" with {model_kwargs}" if model_kwargs else ''
         raise WeightsError(f"{source} does not fit {model_name}{with_kwargs}: {detail}") from None
+    model.pretrained_cfg.pop('state_dict', None)  # the overlay's weights: the model holds them, no second copy
+    return model
 
 
 # ----------------------------------------------------------------------------------------------------- list
