@@ -94,24 +94,22 @@ def winograd_with_transforms(x: torch.Tensor, weight: torch.Tensor, padding: int
                          f"{h}x{w} input")
     tiles_h, tiles_w = -(-h_out // m), -(-w_out // m)
     tiles = tiles_h * tiles_w
-    # Pad so that every output tile has its full alpha x alpha input tile (overlapping by r - 1).
-    x = F.pad(x, (padding, padding + m * tiles_w - w_out, padding, padding + m * tiles_h - h_out))
-    u = (kron_g @ weight.reshape(c_out * c_in, r * r).T).view(alpha * alpha, c_out, c_in)  # kernel G g G^T
     # The input transform B^T d B of every alpha x alpha tile (alpha <= 2m), as a convolution of each channel alone:
     # without autograd, one stride-m conv (the fastest forward); with it, the same map on 2x2 blocks of m x m pixels
     # after a space-to-depth, whose backward is an ordinary conv (the single-channel one's is 4x slower).
     differentiate = torch.is_grad_enabled() and x.requires_grad
+    blocks = 2 * m - alpha if differentiate else 0  # padding up to whole m x m blocks
+    # Pad so that every output tile has its full alpha x alpha input tile (overlapping by r - 1).
+    x = F.pad(x, (padding, padding + m * tiles_w - w_out + blocks, padding, padding + m * tiles_h - h_out + blocks))
     if differentiate:
-        blocks = F.pad(kron_b.view(alpha * alpha, alpha, alpha), (0, 2 * m - alpha, 0, 2 * m - alpha))
-        input_transform = blocks.view(alpha * alpha, 2, m, 2, m).permute(0, 2, 4, 1, 3).reshape(
-            alpha * alpha, m * m, 2, 2)
-        x = F.pad(x, (0, 2 * m - alpha, 0, 2 * m - alpha))  # whole m x m blocks
+        input_transform = F.pad(kron_b.view(alpha * alpha, alpha, alpha), (0, blocks, 0, blocks)).view(
+            alpha * alpha, 2, m, 2, m).permute(0, 2, 4, 1, 3).reshape(alpha * alpha, m * m, 2, 2)
     else:
         input_transform = kron_b.view(alpha * alpha, 1, alpha, alpha)
+    u = (kron_g @ weight.reshape(c_out * c_in, r * r).T).view(alpha * alpha, c_out, c_in)  # kernel G g G^T
     outputs = []
     step = -(-gemm_columns // tiles)
-    for start in range(0, batch, step):
-        chunk = x[start:start + step]
+    for chunk in x.split(step):  # (autograd joins split's gradients once; a slice's would be zero-filled per step)
         n = chunk.shape[0]
         chunk = chunk.reshape(n * c_in, 1, chunk.shape[2], chunk.shape[3])
         if differentiate:
