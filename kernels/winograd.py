@@ -71,6 +71,8 @@ def conv2d_winograd(x: torch.Tensor, weight: torch.Tensor, padding: int = 0,
         raise ValueError(f"conv2d_winograd: needs float32/float64 input and a matching dense (C_out, "
                          f"{x.shape[1]}, r, r) weight with r in {WINOGRAD_KERNEL_SIZES}, got input "
                          f"{tuple(x.shape)} {x.dtype} and weight {tuple(weight.shape)} {weight.dtype}")
+    if gemm_columns < 1:
+        raise ValueError(f"conv2d_winograd: gemm_columns must be >= 1, got {gemm_columns}")
     if recording():
         note_call('winograd', x=tuple(x.shape), weight=tuple(weight.shape), padding=padding, dtype=x.dtype)
     return winograd_with_transforms(x, weight, padding, winograd_transforms(weight.shape[-1]), gemm_columns)

@@ -80,5 +80,7 @@ def test_unsupported_inputs_are_named():
         conv2d_winograd(x, torch.randn(2, 4, 7, 7))
     with pytest.raises(ValueError, match='C_out, 4'):
         conv2d_winograd(x, torch.randn(2, 3, 5, 5))
+    with pytest.raises(ValueError, match='gemm_columns must be >= 1'):
+        conv2d_winograd(x, torch.randn(2, 4, 5, 5), 2, gemm_columns=0)
     with pytest.raises(ValueError, match='leaves no output'):
         conv2d_winograd(torch.randn(1, 4, 3, 3), torch.randn(2, 4, 5, 5))
