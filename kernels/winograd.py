@@ -71,8 +71,6 @@ def conv2d_winograd(x: torch.Tensor, weight: torch.Tensor, padding: int = 0,
         raise ValueError(f"conv2d_winograd: needs float32/float64 input and a matching dense (C_out, "
                          f"{x.shape[1]}, r, r) weight with r in {WINOGRAD_KERNEL_SIZES}, got input "
                          f"{tuple(x.shape)} {x.dtype} and weight {tuple(weight.shape)} {weight.dtype}")
-    if gemm_columns < 1:
-        raise ValueError(f"conv2d_winograd: gemm_columns must be >= 1, got {gemm_columns}")
     if recording():
         note_call('winograd', x=tuple(x.shape), weight=tuple(weight.shape), padding=padding, dtype=x.dtype)
     return winograd_with_transforms(x, weight, padding, winograd_transforms(weight.shape[-1]), gemm_columns)
@@ -94,6 +92,8 @@ def winograd_with_transforms(x: torch.Tensor, weight: torch.Tensor, padding: int
     if h_out < 1 or w_out < 1:
         raise ValueError(f"conv2d_winograd: a {r}x{r} kernel with padding {padding} leaves no output for a "
                          f"{h}x{w} input")
+    if gemm_columns < 1:
+        raise ValueError(f"conv2d_winograd: gemm_columns must be >= 1, got {gemm_columns}")
     tiles_h, tiles_w = -(-h_out // m), -(-w_out // m)
     tiles = tiles_h * tiles_w
     # The input transform B^T d B of every alpha x alpha tile (alpha <= 2m), as a convolution of each channel alone:
